@@ -1,0 +1,5 @@
+import sys
+
+from proxy_addon.cli import main
+
+sys.exit(main())

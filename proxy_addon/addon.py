@@ -1,0 +1,224 @@
+"""The mitmproxy addon: routes requests, injects tokens, retries once on 401, redacts.
+
+Loaded by `authproxy run`, or directly: `mitmdump -s proxy_addon/addon.py --set
+authproxy_config=FILE`. Imports are absolute because mitmproxy loads a script by path.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy.addonmanager import Loader
+from mitmproxy.addons.clientplayback import ReplayHandler
+
+from proxy_addon import replies
+from proxy_addon.cache import CredentialCache, TokenUnavailable
+from proxy_addon.config import ConfigError, _is_loopback, load_config
+from proxy_addon.redact import redacted_authorization
+from proxy_addon.retry import retry_decision
+from proxy_addon.routes import Route
+from proxy_addon.runtime import Runtime
+from proxy_addon.store import StoreError
+from proxy_addon.tokens import Token
+
+__all__ = ["AuthProxy"]
+
+logger = logging.getLogger("authproxy")
+
+META = "authproxy"  # flow.metadata key: non-secret facts only, since metadata is saved with flows
+
+
+@dataclass(slots=True)
+class Injection:
+    route: Route
+    cache: CredentialCache
+    token: Token
+    request_streamed: bool
+
+
+class AuthProxy:
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None
+        # Flows carrying a live token, so every exit path (response, error, shutdown) can
+        # redact it. Weak: a flow that is gone holds nothing.
+        self._injected: weakref.WeakKeyDictionary[http.HTTPFlow, Injection] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # --- options ----------------------------------------------------------------------------
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "authproxy_config", str | None, None, "Path of the authproxy YAML configuration."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "authproxy_config" in updated:
+            self._load(ctx.options.authproxy_config)
+        if self.runtime is None or not self.runtime.config.credentials:
+            return
+        opts = ctx.options
+        if opts.proxy_debug:
+            raise exceptions.OptionsError(
+                "proxy_debug logs raw wire bytes, tokens included; it is refused while "
+                "authproxy has credentials configured"
+            )
+        if opts.ssl_insecure:
+            raise exceptions.OptionsError(
+                "ssl_insecure turns off certificate checks, so a token could go to an impostor; "
+                "trust a private CA with ca_certs in the authproxy config instead"
+            )
+        if not _is_loopback(opts.listen_host) and not opts.proxyauth:
+            raise exceptions.OptionsError(
+                f"listening on {opts.listen_host or 'all interfaces'!s} would let other machines "
+                "use these credentials; listen on 127.0.0.1 (--set listen_host=127.0.0.1) or "
+                "require proxy authentication (proxyauth)"
+            )
+        bundle = self.runtime.ca_bundle
+        if bundle and opts.ssl_verify_upstream_trusted_ca != bundle:
+            opts.update(ssl_verify_upstream_trusted_ca=bundle)
+
+    def _load(self, path: str | None) -> None:
+        runtime = None
+        if path:
+            try:
+                runtime = Runtime.build(load_config(Path(path)))
+            except (ConfigError, StoreError) as e:
+                raise exceptions.OptionsError(str(e)) from None
+            logger.info(
+                "authproxy: %d credential(s), %d route(s) from %s",
+                len(runtime.caches),
+                len(runtime.config.routes),
+                path,
+            )
+        old, self.runtime = self.runtime, runtime
+        if old is not None:
+            old.close()
+
+    def done(self) -> None:
+        # mitmproxy's Save writes flows still in flight at shutdown; redact them first.
+        for flow in list(self._injected.keys()):
+            self._redact(flow)
+        if self.runtime is not None:
+            self.runtime.close()
+
+    # --- connections ------------------------------------------------------------------------
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """Intercept TLS only where a route may apply; pass everything else through untouched."""
+        rt = self.runtime
+        if rt is None:
+            return
+        address = data.context.server.address
+        if address is None or not rt.config.routes.intercepts(address[0], address[1]):
+            data.ignore_connection = True
+
+    # --- requests ---------------------------------------------------------------------------
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # Headers may go upstream right after this hook when the body is streamed, so the token
+        # goes in here, not in `request`.
+        rt = self.runtime
+        if rt is None or flow.response or flow.error:
+            return
+        req = flow.request
+        route = rt.config.routes.match(req.scheme, req.host, req.port, req.path)
+        if route is None:
+            if req.scheme == "http" and (
+                refused := rt.config.routes.https_only_match(req.host, req.path)
+            ):
+                self._answer(flow, replies.plain_http_refused(refused))
+            return
+        retry_of = flow.metadata.get(META, {}).get("retry_of")
+        if "authorization" in req.headers and retry_of is None:
+            if route.existing_authorization == "keep":
+                return
+            if route.existing_authorization == "reject":
+                self._answer(flow, replies.authorization_present(route))
+                return
+        cache = rt.caches[route.credential]
+        try:
+            token = await cache.token()
+        except TokenUnavailable as e:
+            logger.warning("%s %s: no token for %s: %s", req.method, req.host, e.credential, e)
+            self._answer(flow, replies.token_unavailable(e))
+            return
+        req.headers["authorization"] = f"{token.token_type} {token.access_token}"
+        self._injected[flow] = Injection(route, cache, token, request_streamed=bool(req.stream))
+        flow.metadata[META] = {"credential": route.credential, "route": route.index}
+        if retry_of is not None:
+            flow.metadata[META]["retry_of"] = retry_of
+
+    def _answer(self, flow: http.HTTPFlow, response: http.Response) -> None:
+        # A response set here is sent once the body is read; a streamed body would already be
+        # on its way upstream (without a token), so stop streaming it.
+        flow.request.stream = False
+        flow.response = response
+
+    # --- responses --------------------------------------------------------------------------
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        inj = self._injected.get(flow)
+        if inj is None or flow.response is None:
+            return
+        try:
+            retry, why = retry_decision(
+                status=flow.response.status_code,
+                www_authenticate=flow.response.headers.get("www-authenticate"),
+                already_retried="retry_of" in flow.metadata.get(META, {}),
+                refreshable=inj.cache.grant.refreshable,
+                request_streamed=inj.request_streamed,
+                response_streamed=bool(flow.response.stream),
+            )
+            if flow.response.status_code == 401:
+                logger.info(
+                    "%s %s%s answered 401 (credential %s): %s",
+                    flow.request.method,
+                    flow.request.host,
+                    flow.request.path.split("?")[0],
+                    inj.route.credential,
+                    "retrying once" if retry else f"not retried, {why}",
+                )
+            if retry:
+                await self._retry(flow, inj)
+        finally:
+            self._redact(flow)
+
+    async def _retry(self, flow: http.HTTPFlow, inj: Injection) -> None:
+        try:
+            await inj.cache.replace_rejected(inj.token)
+        except TokenUnavailable as e:
+            flow.response = replies.token_unavailable(e)
+            return
+        replay = flow.copy()
+        replay.is_replay = "request"
+        replay.response = None
+        replay.error = None
+        replay.metadata[META] = {**flow.metadata.get(META, {}), "retry_of": flow.id}
+        # mitmproxy's own upstream machinery (connection, TLS, verification); the replay runs
+        # through every addon again, ours included, which injects the new token.
+        await ReplayHandler(replay, ctx.options).replay()
+        flow.metadata[META]["retried"] = True
+        if replay.response is not None:
+            flow.response = replay.response
+        else:
+            flow.response = replies.retry_failed(
+                inj.route, replay.error.msg if replay.error else "no response"
+            )
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._redact(flow)
+
+    def _redact(self, flow: http.HTTPFlow) -> None:
+        inj = self._injected.pop(flow, None)
+        if inj is not None:
+            flow.request.headers["authorization"] = redacted_authorization(
+                inj.route.credential, inj.token
+            )
+
+
+addons = [AuthProxy()]

@@ -1,0 +1,140 @@
+"""The `authproxy` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import Config, ConfigError, config_path, load_config
+from .store import StoreError
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, StoreError) as e:
+        print(f"authproxy: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="authproxy",
+        description="A forward proxy that adds OAuth 2 Bearer tokens to outgoing API calls.",
+    )
+    p.add_argument(
+        "--config",
+        help="configuration file (default: $AUTHPROXY_CONFIG, else "
+        "~/.config/authproxy/config.yaml)",
+    )
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the proxy")
+    run.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+    run.add_argument("-w", "--save-flows", metavar="FILE", help="save flows (redacted) to FILE")
+    run.add_argument("-q", "--quiet", action="store_true", help="do not print each request")
+    run.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="OPTION=VALUE",
+        help="set a mitmproxy option, as with mitmdump --set",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check", help="validate the config and print the route table")
+    check.set_defaults(func=_cmd_check)
+
+    demo = sub.add_parser(
+        "demo", help="run a local OAuth server, a local API and the proxy, and call through it"
+    )
+    demo.add_argument("--once", action="store_true", help="make the demo call, then stop")
+    demo.set_defaults(func=_cmd_demo)
+
+    rotate = sub.add_parser(
+        "rotate-key", help="re-encrypt the token store under a new key (old key kept readable)"
+    )
+    rotate.set_defaults(func=_cmd_rotate_key)
+    return p
+
+
+def _load(args: argparse.Namespace) -> tuple[Path, Config]:
+    path = config_path(args.config)
+    return path, load_config(path)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import RunOptions, StartupError, run
+
+    path, config = _load(args)
+    listen = None
+    if args.listen:
+        host, _, port = args.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("--listen", "", f"expected HOST:PORT, got {args.listen!r}")
+        listen = (host.strip("[]"), int(port))
+    try:
+        return run(
+            RunOptions(path, config, listen, args.save_flows, args.quiet, tuple(args.sets))
+        )
+    except StartupError as e:
+        print(f"authproxy: {e}", file=sys.stderr)
+        return 2
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    path, config = _load(args)
+    print(f"{path}: OK")
+    print(f"listen: {config.listen_host}:{config.listen_port}")
+    print("credentials:")
+    for c in config.credentials.values():
+        where = f" via {c.token_url}" if c.token_url else ""
+        scopes = f" scopes={' '.join(c.scopes)}" if c.scopes else ""
+        print(f"  {c.name}: {c.grant}{where}{scopes}")
+    print("routes (first match wins):")
+    if not config.routes:
+        print("  (none: nothing will be authenticated)")
+    for r in config.routes:
+        extra = "" if r.existing_authorization == "replace" else f" ({r.existing_authorization}"
+        extra += " client Authorization)" if extra else ""
+        print(f"  {r.index}: {r.describe():<50} -> {r.credential}{extra}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.run import run_demo
+
+    return run_demo(once=args.once)
+
+
+def _cmd_rotate_key(args: argparse.Namespace) -> int:
+    from .store.keys import add_key, load_keys
+    from .store.paths import default_db_path, default_key_file
+    from .store.sqlite import SqliteStore
+
+    _, config = _load(args)
+    db_path = config.store.path or default_db_path()
+    key_file = config.store.key_file or default_key_file()
+    import os
+
+    if os.environ.get("AUTHPROXY_KEY"):
+        print(
+            "authproxy: AUTHPROXY_KEY is set: put a new key first in that variable (comma-"
+            "separated, newest first), then run rotate-key again with it",
+            file=sys.stderr,
+        )
+    else:
+        print(f"added a new key to {add_key(key_file, db_path=db_path)}")
+    keyring = load_keys(key_file, db_path=db_path)
+    with SqliteStore(db_path, keyring, create=False) as store:
+        n = store.rotate(keyring)
+    print(f"re-encrypted {n} credential(s) in {db_path} under the newest key")
+    return 0

@@ -1,0 +1,468 @@
+"""The configuration file: locating it, reading it, and turning it into typed, checked settings.
+
+Everything here is pure apart from `load_config` (reads a file) and `config_path` (looks at the
+environment), so that the rules are easy to test. Every error names the file, the key path
+(``routes[2].host``) and what was expected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .routes import Route, RouteTable, normalize_host
+from .tokens import fingerprint
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "CredentialConfig",
+    "StoreConfig",
+    "TokenPolicy",
+    "config_path",
+    "load_config",
+    "parse_config",
+]
+
+GRANTS = ("client_credentials", "refresh_token", "static")
+CLIENT_AUTH = ("basic", "post")
+EXISTING_AUTH = ("replace", "keep", "reject")
+
+
+class ConfigError(Exception):
+    """The configuration is wrong. str() says where and what was expected."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        self.source, self.key, self.message = source, key, message
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPolicy:
+    refresh_leeway: float = 60.0  # refresh this long before expiry
+    default_lifetime: float = 3600.0  # when the IdP gives no expires_in
+    idp_timeout: float = 10.0
+    retry_attempts: int = 3  # per refresh, on 5xx / timeouts / connection errors
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialConfig:
+    name: str
+    grant: Literal["client_credentials", "refresh_token", "static"]
+    token_url: str | None = None
+    client_id: str | None = field(default=None, repr=False)
+    client_secret: str | None = field(default=None, repr=False)
+    client_auth: Literal["basic", "post"] = "basic"
+    scopes: tuple[str, ...] = ()
+    params: Mapping[str, str] = field(default_factory=dict)
+    refresh_token: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    policy: TokenPolicy = field(default_factory=TokenPolicy)
+
+    @property
+    def seed_id(self) -> str | None:
+        """Fingerprint of the configured refresh token (a new one in the config beats the store)."""
+        return fingerprint(self.refresh_token) if self.refresh_token else None
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self.client_secret, self.refresh_token, self.token) if s]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    backend: Literal["sqlite", "memory"] = "sqlite"
+    path: Path | None = None  # None: the XDG default
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    proxy_auth: str | None = field(default=None, repr=False)
+    ca_certs: tuple[Path, ...] = ()
+    confdir: Path | None = None
+    audit_log: Path | None = None
+    store: StoreConfig = field(default_factory=StoreConfig)
+    credentials: Mapping[str, CredentialConfig] = field(default_factory=dict)
+    routes: RouteTable = field(default_factory=lambda: RouteTable(()))
+
+    def secrets(self) -> list[str]:
+        found = [s for c in self.credentials.values() for s in c.secrets()]
+        if self.proxy_auth:
+            found.append(self.proxy_auth)
+        return found
+
+
+def config_path(cli_value: str | None, env: Mapping[str, str] = os.environ) -> Path:
+    """--config, else $AUTHPROXY_CONFIG, else ~/.config/authproxy/config.yaml (XDG honoured)."""
+    if cli_value:
+        return Path(cli_value).expanduser()
+    if env.get("AUTHPROXY_CONFIG"):
+        return Path(env["AUTHPROXY_CONFIG"]).expanduser()
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "authproxy" / "config.yaml"
+
+
+def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            source, "", "no such file (pass --config, set AUTHPROXY_CONFIG, or create it)"
+        ) from None
+    except OSError as e:
+        raise ConfigError(source, "", f"cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(source, "", f"not valid YAML: {where}{problem}") from None
+    return parse_config(data, source, env, base_dir=path.parent)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: str, env: Mapping[str, str], source: str, key: str) -> str:
+    """Replace ${VAR} from the environment; $$ is a literal $. A missing variable is an error."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1)
+        if name not in env:
+            raise ConfigError(source, key, f"environment variable {name} is not set")
+        return env[name]
+
+    return _ENV_REF.sub(sub, value)
+
+
+class _Reader:
+    """Typed access to one mapping of the file, with key paths for error messages."""
+
+    def __init__(self, data: Any, source: str, path: str, env: Mapping[str, str]) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(
+                source, path or "(top level)", f"expected a mapping, got {_kind(data)}"
+            )
+        self.data, self.source, self.path, self.env = data, source, path, env
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), message)
+
+    def raw(self, name: str) -> Any:
+        self._seen.add(name)
+        value = self.data.get(name)
+        if isinstance(value, str):
+            return expand_env(value, self.env, self.source, self.key(name))
+        return value
+
+    def has(self, name: str) -> bool:
+        return self.data.get(name) is not None
+
+    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self.raw(name)
+        if value is None:
+            if required:
+                raise self.error(name, "is required")
+            return default
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.error(name, f"expected a string, got {_kind(value)}")
+        text = str(value)
+        if required and not text:
+            raise self.error(name, "must not be empty")
+        return text
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.str(name, default)
+        if value not in choices:
+            raise self.error(name, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            raise self.error(name, f"expected a number >= {minimum:g}, got {value!r}")
+        return number
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value) if not isinstance(value, bool | float) else None
+        except ValueError:
+            number = None
+        if number is None or not minimum <= number <= maximum:
+            raise self.error(
+                name, f"expected a whole number from {minimum} to {maximum}, got {value!r}"
+            )
+        return number
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(name, f"expected true or false, got {value!r}")
+        return value
+
+    def words(self, name: str) -> tuple[str, ...]:
+        """A list of strings, or one space-separated string (as OAuth scopes are written)."""
+        value = self.raw(name)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            return tuple(value.split())
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(expand_env(v, self.env, self.source, self.key(name)) for v in value)
+        raise self.error(name, f"expected a list of strings, got {_kind(value)}")
+
+    def section(self, name: str) -> _Reader:
+        self._seen.add(name)
+        value = self.data.get(name)
+        return _Reader({} if value is None else value, self.source, self.key(name), self.env)
+
+    def string_map(self, name: str) -> dict[str, str]:
+        sub = self.section(name)
+        return {k: sub.str(k, required=True) or "" for k in sub.data}
+
+    def done(self, allowed_also: tuple[str, ...] = ()) -> None:
+        """Refuse keys nobody read: a typo must not silently turn a setting off."""
+        unknown = [k for k in self.data if k not in self._seen and k not in allowed_also]
+        if unknown:
+            raise self.error(str(unknown[0]), "unknown key" + _suggest(str(unknown[0]), self))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _suggest(name: str, reader: _Reader) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(reader._seen), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --- the schema --------------------------------------------------------------------------------
+
+
+def parse_config(
+    data: Any, source: str, env: Mapping[str, str] = os.environ, base_dir: Path | None = None
+) -> Config:
+    if data is None:
+        data = {}
+    top = _Reader(data, source, "", env)
+    resolve = _path_resolver(base_dir)
+
+    listen_host, listen_port = _parse_listen(top)
+    proxy_auth = top.str("proxy_auth")
+    if proxy_auth is not None and ":" not in proxy_auth:
+        raise top.error("proxy_auth", "expected 'user:password'")
+    if not _is_loopback(listen_host) and not proxy_auth:
+        raise top.error(
+            "listen",
+            f"{listen_host!r} is reachable from other machines; set proxy_auth: 'user:password' "
+            "to require proxy authentication, or listen on 127.0.0.1",
+        )
+    ca_certs = tuple(resolve(p) for p in top.words("ca_certs"))
+    for i, p in enumerate(ca_certs):
+        if not p.is_file():
+            raise ConfigError(source, f"ca_certs[{i}]", f"no such file: {p}")
+
+    store = _parse_store(top.section("store"), resolve)
+    tokens = top.section("tokens")
+    policy = _parse_policy(tokens, TokenPolicy())
+    tokens.done()
+    credentials = _parse_credentials(top.section("credentials"), policy)
+    routes = _parse_routes(top, credentials)
+    confdir = top.str("confdir")
+    audit_log = top.str("audit_log")
+    top.done()
+    return Config(
+        source=source,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        proxy_auth=proxy_auth,
+        ca_certs=ca_certs,
+        confdir=resolve(confdir) if confdir else None,
+        audit_log=resolve(audit_log) if audit_log else None,
+        store=store,
+        credentials=credentials,
+        routes=routes,
+    )
+
+
+def _path_resolver(base_dir: Path | None) -> Callable[[str], Path]:
+    def resolve(value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() or base_dir is None else base_dir / p
+
+    return resolve
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_listen(top: _Reader) -> tuple[str, int]:
+    value = top.str("listen", "127.0.0.1:8080") or ""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise top.error("listen", f"expected 'host:port' such as 127.0.0.1:8080, got {value!r}")
+    return host, int(port)
+
+
+def _parse_store(s: _Reader, resolve: Callable[[str], Path]) -> StoreConfig:
+    backend = s.choice("backend", ("sqlite", "memory"), "sqlite")
+    path, key_file = s.str("path"), s.str("key_file")
+    s.done()
+    return StoreConfig(
+        backend=backend,  # type: ignore[arg-type]
+        path=resolve(path) if path else None,
+        key_file=resolve(key_file) if key_file else None,
+    )
+
+
+def _parse_policy(s: _Reader, base: TokenPolicy) -> TokenPolicy:
+    return TokenPolicy(
+        refresh_leeway=s.number("refresh_leeway", base.refresh_leeway),
+        default_lifetime=s.number("default_lifetime", base.default_lifetime, minimum=1),
+        idp_timeout=s.number("idp_timeout", base.idp_timeout, minimum=0.1),
+        retry_attempts=s.integer("retry_attempts", base.retry_attempts, minimum=1, maximum=10),
+        backoff_initial=s.number("backoff_initial", base.backoff_initial),
+        backoff_max=s.number("backoff_max", base.backoff_max),
+    )
+
+
+_POLICY_KEYS = tuple(TokenPolicy.__dataclass_fields__)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _parse_credentials(s: _Reader, policy: TokenPolicy) -> dict[str, CredentialConfig]:
+    out: dict[str, CredentialConfig] = {}
+    for name in s.data:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise s.error(
+                str(name), "credential names use letters, digits, '.', '_' and '-' (at most 64)"
+            )
+        out[name] = _parse_credential(name, s.section(name), policy)
+    return out
+
+
+def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialConfig:
+    grant = c.choice("grant", GRANTS, "") if c.has("grant") else None
+    if grant is None:
+        raise c.error("grant", f"is required: one of {', '.join(GRANTS)}")
+    cred_policy = _parse_policy(c, policy)
+    if grant == "static":
+        token = c.str("token", required=True)
+        c.done(_POLICY_KEYS)
+        return CredentialConfig(name, "static", token=token, policy=cred_policy)
+
+    token_url = c.str("token_url", required=True) or ""
+    if not token_url.startswith("https://"):
+        raise c.error("token_url", f"expected an https:// URL, got {token_url!r}")
+    client_id = c.str("client_id", required=True)
+    client_secret = c.str("client_secret")
+    refresh_token = c.str("refresh_token") if grant == "refresh_token" else None
+    cred = CredentialConfig(
+        name,
+        grant,  # type: ignore[arg-type]
+        token_url=token_url,
+        client_id=client_id,
+        client_secret=client_secret,
+        client_auth=c.choice("client_auth", CLIENT_AUTH, "basic"),  # type: ignore[arg-type]
+        scopes=c.words("scopes"),
+        params=c.string_map("params"),
+        refresh_token=refresh_token,
+        policy=cred_policy,
+    )
+    if grant == "client_credentials" and not client_secret:
+        raise c.error("client_secret", "is required for grant client_credentials")
+    c.done(_POLICY_KEYS)
+    return cred
+
+
+def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> RouteTable:
+    raw = top.raw("routes")
+    if raw is None:
+        return RouteTable(())
+    if not isinstance(raw, list):
+        raise top.error("routes", f"expected a list of routes, got {_kind(raw)}")
+    routes = []
+    for i, item in enumerate(raw):
+        r = _Reader(item, top.source, f"routes[{i}]", top.env)
+        cred = r.str("credential", required=True) or ""
+        if cred not in credentials:
+            known = ", ".join(sorted(credentials)) or "none are defined"
+            raise r.error("credential", f"no credential named {cred!r} (known: {known})")
+        host_text = r.str("host", required=True) or ""
+        try:
+            host = normalize_host(host_text, pattern=True)
+        except ValueError as e:
+            raise r.error("host", str(e)) from None
+        allow_http = r.bool("allow_http", False)
+        scheme = r.choice("scheme", ("https", "http"), "https")
+        if scheme == "http" and not allow_http:
+            raise r.error(
+                "scheme",
+                "'http' would send the token in clear text; add allow_http: true to this route "
+                "if that is really intended",
+            )
+        port = r.integer("port", 443 if scheme == "https" else 80, minimum=1, maximum=65535)
+        path = r.str("path", "/") or "/"
+        if not path.startswith("/"):
+            raise r.error("path", f"expected a path prefix starting with '/', got {path!r}")
+        existing = r.choice("existing_authorization", EXISTING_AUTH, "replace")
+        r.done()
+        routes.append(
+            Route(
+                index=i,
+                credential=cred,
+                host=host,
+                port=port,
+                scheme=scheme,
+                path=path,
+                existing_authorization=existing,  # type: ignore[arg-type]
+            )
+        )
+    return RouteTable(tuple(routes))

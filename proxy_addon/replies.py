@@ -1,0 +1,75 @@
+"""The answers the proxy itself gives a client instead of forwarding its request.
+
+Each is JSON with an `error` code a program can branch on, plus the same code in the
+`X-Authproxy-Error` header for clients that only look at headers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from mitmproxy import http
+
+from .cache import TokenUnavailable
+from .routes import Route
+
+__all__ = ["authorization_present", "plain_http_refused", "token_unavailable"]
+
+ERROR_HEADER = "X-Authproxy-Error"
+
+
+def _reply(
+    status: int, code: str, body: dict[str, Any], extra: dict[str, str] | None = None
+) -> http.Response:
+    headers = {"Content-Type": "application/json", ERROR_HEADER: code, "Cache-Control": "no-store"}
+    headers.update(extra or {})
+    payload = {"error": code, **body}
+    return http.Response.make(status, json.dumps(payload, indent=1) + "\n", headers)
+
+
+def token_unavailable(e: TokenUnavailable) -> http.Response:
+    extra = {}
+    body: dict[str, Any] = {"credential": e.credential, "reason": e.code, "message": str(e)}
+    if e.retry_after is not None:
+        body["retry_after"] = round(e.retry_after, 1)
+        extra["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
+    if e.code in ("needs_login", "invalid_grant"):
+        body["hint"] = f"run: authproxy login {e.credential}"
+    return _reply(502, "token_unavailable", body, extra)
+
+
+def plain_http_refused(route: Route) -> http.Response:
+    return _reply(
+        403,
+        "plain_http_refused",
+        {
+            "credential": route.credential,
+            "message": f"route {route.describe()} only sends credentials over https; use "
+            "https:// (or set allow_http: true on the route)",
+        },
+    )
+
+
+def authorization_present(route: Route) -> http.Response:
+    return _reply(
+        400,
+        "authorization_present",
+        {
+            "credential": route.credential,
+            "message": f"route {route.describe()} adds its own credentials and refuses requests "
+            "that already carry an Authorization header",
+        },
+    )
+
+
+def retry_failed(route: Route, reason: str) -> http.Response:
+    return _reply(
+        502,
+        "retry_failed",
+        {
+            "credential": route.credential,
+            "message": f"the API rejected the token; re-sending with a new one failed: {reason}",
+        },
+    )

@@ -1,0 +1,80 @@
+"""`authproxy run`: mitmproxy embedded with our addon placed ahead of its own.
+
+mitmproxy's DumpMaster adds its default addons (save, savehar, dumper) in its constructor, so an
+addon added later would run after them and they would see unredacted requests. We assemble the
+master ourselves: our addon first, then mitmproxy's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mitmproxy import addons, exceptions, master, options
+from mitmproxy.addons import dumper, errorcheck, termlog
+
+from .addon import AuthProxy
+from .config import Config
+
+__all__ = ["RunOptions", "StartupError", "run"]
+
+
+class StartupError(Exception):
+    """The proxy cannot start with these settings; the message says why."""
+
+
+@dataclass
+class RunOptions:
+    config_path: Path
+    config: Config
+    listen: tuple[str, int] | None = None  # overrides the config's listen
+    save_flows: str | None = None  # mitmproxy's save_stream_file
+    quiet: bool = False
+    sets: Sequence[str] = field(default_factory=list)  # "option=value", as mitmdump --set
+
+
+def run(ro: RunOptions) -> int:
+    return asyncio.run(_serve(ro))
+
+
+async def _serve(ro: RunOptions) -> int:
+    opts = options.Options()
+    m = master.Master(opts, with_termlog=False)
+    m.addons.add(termlog.TermLog())
+    m.addons.add(AuthProxy())  # first: it redacts before save, savehar and dumper see a flow
+    m.addons.add(*addons.default_addons())
+    if not ro.quiet:
+        m.addons.add(dumper.Dumper())
+    m.addons.add(errorcheck.ErrorCheck())
+
+    host, port = ro.listen or (ro.config.listen_host, ro.config.listen_port)
+    settings: dict[str, object] = {
+        "listen_host": host,
+        "listen_port": port,
+        "authproxy_config": str(ro.config_path),
+    }
+    if ro.config.proxy_auth:
+        settings["proxyauth"] = ro.config.proxy_auth
+    if ro.config.confdir:
+        settings["confdir"] = str(ro.config.confdir)
+    if ro.save_flows:
+        settings["save_stream_file"] = ro.save_flows
+    if ro.quiet:
+        settings["termlog_verbosity"] = "warn"
+    try:
+        opts.update(**settings)
+        if ro.sets:
+            opts.set(*ro.sets)
+    except exceptions.OptionsError as e:
+        raise StartupError(str(e)) from None
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, m.shutdown)
+    logging.getLogger("authproxy").info("authproxy %s:%d (config %s)", host, port, ro.config_path)
+    await m.run()
+    return 0

@@ -1,0 +1,30 @@
+"""Where tokens are kept between requests and across restarts."""
+
+from .base import Record, RecordMeta, StoreError, TokenStore, VersionConflict
+from .keys import Keyring, KeySourceError
+from .memory import MemoryStore
+from .sqlite import (
+    CorruptRowError,
+    CorruptStoreError,
+    MissingStoreError,
+    SqliteStore,
+    StoreBusyError,
+    UndecryptableError,
+)
+
+__all__ = [
+    "CorruptRowError",
+    "CorruptStoreError",
+    "KeySourceError",
+    "Keyring",
+    "MemoryStore",
+    "MissingStoreError",
+    "Record",
+    "RecordMeta",
+    "SqliteStore",
+    "StoreBusyError",
+    "StoreError",
+    "TokenStore",
+    "UndecryptableError",
+    "VersionConflict",
+]

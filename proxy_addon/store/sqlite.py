@@ -1,0 +1,533 @@
+"""The durable token store: one encrypted SQLite file, shared by threads and processes.
+
+Each row holds a Fernet ciphertext of the token plus the metadata that is safe to show
+(expiry, update time, version). WAL mode lets readers run while another process writes, and
+`synchronous=FULL` makes every committed update survive a crash or power loss: a refresh
+token the IdP has rotated exists nowhere else, so losing the commit would lose the login.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+from cryptography.fernet import InvalidToken
+
+from ..tokens import Token
+from .base import Record, RecordMeta, StoreError, VersionConflict
+from .keys import Keyring
+from .paths import ensure_private_dir
+
+__all__ = [
+    "CorruptRowError",
+    "CorruptStoreError",
+    "MissingStoreError",
+    "SqliteStore",
+    "StoreBusyError",
+    "UndecryptableError",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS tokens (
+        credential TEXT PRIMARY KEY,
+        ciphertext BLOB NOT NULL,
+        expires_at REAL,
+        updated_at REAL NOT NULL,
+        version INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS locks (
+        credential TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+_TABLES = frozenset({"tokens", "locks", "meta"})
+
+# SQLite primary result codes (the low byte of sqlite_errorcode).
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
+
+# Lock polling: start fast so an uncontended hand-over is quick, cap so that many waiters
+# do not keep taking the write lock.
+_POLL_FIRST, _POLL_MAX = 0.005, 0.1
+
+
+class CorruptStoreError(StoreError):
+    """The file is not an authproxy token store (not SQLite, damaged, or truncated)."""
+
+
+class MissingStoreError(StoreError):
+    """There is no store yet and the caller asked not to create one."""
+
+
+class UndecryptableError(StoreError):
+    """No key in the keyring decrypts a row: the store was written with another key."""
+
+
+class CorruptRowError(StoreError):
+    """A row decrypts but does not hold this credential's token (damaged or swapped)."""
+
+
+class StoreBusyError(StoreError):
+    """Another process kept the database locked for longer than the busy timeout."""
+
+
+class _Connection:
+    """One thread's connection. Closed when its thread ends (the thread-local goes away)."""
+
+    __slots__ = ("__weakref__", "db")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __del__(self) -> None:
+        self.db.close()
+
+
+class SqliteStore:
+    """A TokenStore in one SQLite file; safe to use from many threads and processes at once.
+
+    Each thread gets its own connection (SQLite connections must not be shared while in
+    use), so readers never wait for a writer and a write is one short transaction.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        keyring: Keyring,
+        *,
+        create: bool = True,
+        lock_ttl: float = 30.0,
+        busy_timeout: float = 10.0,
+    ) -> None:
+        self.path = Path(path)
+        self._keyring = keyring
+        self._lock_ttl = lock_ttl
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._conns_guard = threading.Lock()
+        self._closed = False
+        self._open(create)
+
+    # -- TokenStore ---------------------------------------------------------------------
+
+    def get(self, credential: str) -> Record | None:
+        conn = self._conn()
+        with self._errors(f"reading {credential!r}"):
+            row = conn.execute(
+                "SELECT ciphertext, version, updated_at FROM tokens WHERE credential = ?",
+                (credential,),
+            ).fetchone()
+        if row is None:
+            return None
+        ciphertext, version, updated_at = row
+        return Record(credential, self._decrypt(credential, ciphertext), version, updated_at)
+
+    @contextmanager
+    def lock(self, credential: str, timeout: float = 60.0) -> Iterator[None]:
+        # Unique per acquisition, so a release can never drop a lease someone else now holds;
+        # pid and thread are there for whoever inspects the locks table.
+        owner = f"{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex}"
+        self._acquire(credential, owner, timeout)
+        try:
+            yield
+        finally:
+            self._release(credential, owner)
+
+    def put(self, credential: str, token: Token, expected_version: int | None) -> Record:
+        # Encrypt before taking the write lock: the transaction stays as short as possible.
+        ciphertext = self._encrypt(credential, token)
+        conn = self._conn()
+        with self._errors(f"storing {credential!r}"), self._transaction(conn):
+            row = conn.execute(
+                "SELECT version FROM tokens WHERE credential = ?", (credential,)
+            ).fetchone()
+            current = row[0] if row else None
+            if current != expected_version:
+                raise VersionConflict(
+                    f"{credential!r} was updated by another writer (stored version {current}, "
+                    f"expected {expected_version}); re-read it and retry"
+                )
+            version = (current or 0) + 1
+            updated_at = time.time()
+            conn.execute(
+                """INSERT INTO tokens (credential, ciphertext, expires_at, updated_at, version)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (credential) DO UPDATE SET
+                       ciphertext = excluded.ciphertext,
+                       expires_at = excluded.expires_at,
+                       updated_at = excluded.updated_at,
+                       version = excluded.version""",
+                (credential, ciphertext, token.expires_at, updated_at, version),
+            )
+        return Record(credential, token, version, updated_at)
+
+    def delete(self, credential: str) -> bool:
+        conn = self._conn()
+        with self._errors(f"deleting {credential!r}"):
+            cur = conn.execute("DELETE FROM tokens WHERE credential = ?", (credential,))
+        return cur.rowcount > 0
+
+    def list(self) -> list[RecordMeta]:
+        conn = self._conn()
+        with self._errors("listing credentials"):
+            rows = conn.execute(
+                "SELECT credential, expires_at, updated_at, version FROM tokens ORDER BY credential"
+            ).fetchall()
+        return [RecordMeta(*row) for row in rows]
+
+    def close(self) -> None:
+        self._closed = True
+        with self._conns_guard:
+            conns = list(self._conns)
+            self._conns.clear()
+        for c in conns:
+            c.close()
+
+    # -- beyond the protocol --------------------------------------------------------------
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
+    def rotate(self, keyring: Keyring) -> int:
+        """Re-encrypt every row with `keyring`'s newest key; returns how many rows.
+
+        One transaction per row: an interrupted rotation leaves each row either old or new,
+        and both stay readable while the old key is still in the ring. Versions are not
+        bumped, because the token did not change and a refresher's compare-and-set based on
+        the current version must still succeed. From now on this store uses `keyring`.
+        """
+        self._keyring = keyring
+        conn = self._conn()
+        with self._errors("listing rows to re-encrypt"):
+            names = [
+                r[0] for r in conn.execute("SELECT credential FROM tokens ORDER BY credential")
+            ]
+        rotated = 0
+        for name in names:
+            with self._errors(f"re-encrypting {name!r}"), self._transaction(conn):
+                row = conn.execute(
+                    "SELECT ciphertext FROM tokens WHERE credential = ?", (name,)
+                ).fetchone()
+                if row is None:
+                    continue  # logged out while we were rotating
+                try:
+                    ciphertext = keyring.fernet.rotate(bytes(row[0]))
+                except InvalidToken:
+                    raise UndecryptableError(self._undecryptable_message(name)) from None
+                conn.execute(
+                    "UPDATE tokens SET ciphertext = ? WHERE credential = ?", (ciphertext, name)
+                )
+                rotated += 1
+        # Old ciphertexts linger in WAL frames until a checkpoint; secure_delete already
+        # zeroes them in the database pages. A busy checkpoint is harmless, just incomplete.
+        with self._errors("checkpointing after key rotation"):
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.info("checkpoint after key rotation deferred: the store is in use")
+        log.info("re-encrypted %d row(s) of %s with the newest key", rotated, self.path)
+        return rotated
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    # -- opening ----------------------------------------------------------------------------
+
+    def _open(self, create: bool) -> None:
+        if not self.path.exists():
+            if not create:
+                raise MissingStoreError(
+                    f"there is no token store at {self.path} yet: the proxy creates it when "
+                    "it first stores a token (check the store path in the config)"
+                )
+            ensure_private_dir(self.path.parent)
+            # Created here rather than by SQLite, so it is 0600 from the first byte on;
+            # SQLite then gives the -wal and -shm files the same mode.
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                os.fchmod(fd, 0o600)  # the umask may have taken away our own write bit
+                os.close(fd)
+        elif not self.path.is_file():
+            raise CorruptStoreError(f"the token store {self.path} is not a regular file")
+
+        conn = self._connect()
+        try:
+            # Only reads until the file has been recognised as ours: a damaged file must be
+            # left byte-for-byte as it was, for the user to inspect or restore.
+            if not self._inspect(conn):
+                if not create:
+                    raise MissingStoreError(
+                        f"{self.path} holds no token store yet: the proxy initialises it when "
+                        "it first starts"
+                    )
+                self._initialise(conn)
+            self._use_wal(conn)
+            self._tighten_modes()
+        except BaseException:
+            conn.close()
+            raise
+        self._adopt(conn)
+
+    def _inspect(self, conn: sqlite3.Connection) -> bool:
+        """True if `conn` is an authproxy store, False if empty; raises if anything else."""
+        try:
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            (check,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+            if check != "ok":
+                raise CorruptStoreError(self._corrupt_message(f"integrity check: {check}"))
+            if not tables:
+                return False
+            if not tables >= _TABLES:
+                raise CorruptStoreError(
+                    f"{self.path} is a SQLite database but not an authproxy token store; it "
+                    "was left untouched. Point the store path at another file"
+                )
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise CorruptStoreError(self._corrupt_message(str(e))) from e
+        if row is None or row[0] != str(SCHEMA_VERSION):
+            found = row[0] if row else "none"
+            raise CorruptStoreError(
+                f"the token store {self.path} has schema version {found}, this authproxy "
+                f"understands version {SCHEMA_VERSION}; it was left untouched. Use the "
+                "authproxy version that wrote it, or point the store path at a new file"
+            )
+        return True
+
+    def _initialise(self, conn: sqlite3.Connection) -> None:
+        # IF NOT EXISTS / OR IGNORE: another process may be initialising it right now.
+        with self._errors("initialising"), self._transaction(conn):
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        log.info("initialised token store %s", self.path)
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        # Persistent in the file, so a no-op (and no write) on every open but the first.
+        with self._errors("switching to WAL mode"):
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode != "wal":
+            raise StoreError(
+                f"cannot switch the token store {self.path} to WAL mode (got {mode!r}); it "
+                "needs a local filesystem that supports shared memory (not NFS)"
+            )
+
+    def _tighten_modes(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(f"{self.path}{suffix}")
+            try:
+                mode = stat.S_IMODE(p.stat().st_mode)
+                if mode & 0o077:
+                    os.chmod(p, 0o600)
+                    log.warning("%s was accessible by other users (mode %03o); now 600", p, mode)
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                log.warning("%s is accessible by other users and not ours to chmod", p)
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # only so close() may close it from another thread
+            )
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the token store {self.path}: {e}") from e
+        try:
+            # These already read the file header, so a damaged file fails here.
+            with self._errors("opening"):
+                conn.execute("PRAGMA synchronous = FULL")
+                # Zero freed space, so a deleted or re-encrypted ciphertext does not linger.
+                conn.execute("PRAGMA secure_delete = ON")
+                conn.execute("PRAGMA trusted_schema = OFF")
+        except StoreError:
+            conn.close()
+            raise
+        return conn
+
+    def _adopt(self, conn: sqlite3.Connection) -> _Connection:
+        holder = _Connection(conn)
+        self._local.conn = holder
+        with self._conns_guard:
+            self._conns.add(holder)
+        return holder
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"the token store {self.path} has been closed")
+        holder: _Connection | None = getattr(self._local, "conn", None)
+        if holder is None:
+            holder = self._adopt(self._connect())
+        return holder.db
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front (waiting via busy_timeout), so a
+        # read-then-write can never fail half-way with SQLITE_BUSY_SNAPSHOT.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Turn sqlite3 errors into StoreErrors that name the file and say what to do."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+            if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                raise StoreBusyError(
+                    f"the token store {self.path} stayed locked for more than "
+                    f"{self._busy_timeout:g}s while {doing}; another process is holding it. "
+                    "Retry, or look for a stuck authproxy process"
+                ) from e
+            if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                raise CorruptStoreError(self._corrupt_message(str(e))) from e
+            raise StoreError(f"token store {self.path}: failed while {doing}: {e}") from e
+
+    def _corrupt_message(self, reason: str) -> str:
+        return (
+            f"the token store {self.path} is damaged or not a token store ({reason}); it was "
+            "left untouched. Move it aside and log in again, or restore it from a backup"
+        )
+
+    # -- locks --------------------------------------------------------------------------------
+
+    def _acquire(self, credential: str, owner: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        delay = _POLL_FIRST
+        while not self._try_acquire(credential, owner):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"timed out after {timeout:g}s waiting for the refresh lock of "
+                    f"{credential!r} in {self.path}: another thread or process holds it "
+                    "(a lock left by a killed process expires on its own)"
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, _POLL_MAX)
+
+    def _try_acquire(self, credential: str, owner: str) -> bool:
+        conn = self._conn()
+        with self._errors(f"taking the refresh lock of {credential!r}"), self._transaction(conn):
+            now = time.time()
+            row = conn.execute(
+                "SELECT owner, expires_at FROM locks WHERE credential = ?", (credential,)
+            ).fetchone()
+            if row is not None:
+                if row[1] > now:
+                    return False
+                log.warning(
+                    "taking over the refresh lock of %r: its holder (%s) let the lease expire "
+                    "%.1fs ago (killed, or stuck for longer than its lock_ttl)",
+                    credential,
+                    row[0],
+                    now - row[1],
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO locks (credential, owner, expires_at) VALUES (?, ?, ?)",
+                (credential, owner, now + self._lock_ttl),
+            )
+        return True
+
+    def _release(self, credential: str, owner: str) -> None:
+        try:
+            conn = self._conn()
+            with self._errors(f"releasing the refresh lock of {credential!r}"):
+                cur = conn.execute(
+                    "DELETE FROM locks WHERE credential = ? AND owner = ?", (credential, owner)
+                )
+        except StoreError as e:
+            # Not raised: it would hide the caller's own exception, and the lease expires.
+            log.warning("could not release the refresh lock of %r (%s)", credential, e)
+            return
+        if cur.rowcount == 0:
+            log.warning(
+                "the refresh lock of %r expired while held (held longer than lock_ttl=%gs); "
+                "another holder may have taken it meanwhile",
+                credential,
+                self._lock_ttl,
+            )
+
+    # -- encryption ---------------------------------------------------------------------------
+
+    def _encrypt(self, credential: str, token: Token) -> bytes:
+        # The credential name is inside the ciphertext, so a row copied onto another
+        # credential's name is detected instead of silently sending the wrong token.
+        envelope = json.dumps(
+            {"credential": credential, "token": token.to_json()}, separators=(",", ":")
+        )
+        return self._keyring.fernet.encrypt(envelope.encode())
+
+    def _decrypt(self, credential: str, ciphertext: bytes) -> Token:
+        try:
+            plaintext = self._keyring.fernet.decrypt(bytes(ciphertext))
+        except InvalidToken:
+            raise UndecryptableError(self._undecryptable_message(credential)) from None
+        try:
+            envelope = json.loads(plaintext)
+            if not isinstance(envelope, dict) or envelope.get("credential") != credential:
+                raise ValueError("credential mismatch")
+            return Token.from_json(envelope["token"])
+        except (ValueError, KeyError, TypeError):
+            # `from None`: the parse error could quote parts of the plaintext.
+            raise CorruptRowError(
+                f"the stored token of {credential!r} in {self.path} is not {credential!r}'s "
+                "token (the row was damaged or copied from another credential). Run "
+                f"`authproxy logout {credential}` and log in again"
+            ) from None
+
+    def _undecryptable_message(self, credential: str) -> str:
+        return (
+            f"cannot decrypt the stored token of {credential!r} in {self.path} with any key "
+            f"from {self._keyring.source}: the store was written with a different key. Set "
+            f"AUTHPROXY_KEY to the key this store was written with, or run "
+            f"`authproxy logout {credential}` to discard the stored token"
+        )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
@@ -32,8 +32,8 @@ logger = logging.getLogger("authproxy")
 META = "authproxy"  # flow.metadata key: non-secret facts only, since metadata is saved with flows
 
 
-@dataclass(slots=True)
-class Injection:
+class Injection(NamedTuple):
+    # A NamedTuple, not a dataclass: dataclasses fail in a module mitmproxy loads by path.
     route: Route
     cache: CredentialCache
     token: Token

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from urllib.parse import quote_plus
 
 import requests
-from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error
+from oauthlib.oauth2 import BackendApplicationClient, MissingTokenError, OAuth2Error
 from requests.auth import HTTPBasicAuth
 from requests_oauthlib import OAuth2Session
 
@@ -113,6 +113,12 @@ class _OAuthGrant:
             )
         except GrantError:
             raise
+        except MissingTokenError:
+            raise GrantError(
+                "idp_bad_response",
+                f"{what}: the IdP's answer holds no access token",
+                terminal=False,
+            ) from None
         except OAuth2Error as e:
             code = e.error or "oauth_error"
             desc = f": {e.description}" if e.description else ""

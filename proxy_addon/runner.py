@@ -42,6 +42,8 @@ def run(ro: RunOptions) -> int:
 
 
 async def _serve(ro: RunOptions) -> int:
+    # mitmproxy's termlog filters by its own verbosity option; let records reach it.
+    logging.getLogger().setLevel(logging.INFO)
     opts = options.Options()
     m = master.Master(opts, with_termlog=False)
     m.addons.add(termlog.TermLog())

@@ -102,7 +102,7 @@ def add_key(key_file: Path, *, db_path: Path | None = None) -> str:
     # Refuse to build on a file we could not load afterwards.
     count = len(_parse(_numbered_lines(old), f"key file {key_file}", "line").keys) if old else 0
     new_key = Fernet.generate_key()
-    ensure_private_dir(key_file.parent)
+    _ensure_key_dir(key_file)
     _write_atomically(key_file, new_key + b"\n" + old.encode(), replace=True)
     return (
         f"new key {fingerprint(new_key.decode())} added to key file {key_file} "
@@ -174,8 +174,17 @@ def _read_key_file(key_file: Path) -> str:
         ) from None
 
 
+def _ensure_key_dir(key_file: Path) -> None:
+    try:
+        ensure_private_dir(key_file.parent)
+    except OSError as e:
+        raise KeySourceError(
+            f"cannot create the directory of key file {key_file}: {e.strerror} ({e.filename})"
+        ) from e
+
+
 def _create_key_file(key_file: Path) -> None:
-    ensure_private_dir(key_file.parent)
+    _ensure_key_dir(key_file)
     _write_atomically(key_file, Fernet.generate_key() + b"\n", replace=False)
     log.warning(
         "generated a new token store key in %s: back it up, without it the stored tokens "

@@ -45,7 +45,9 @@ def ensure_private_dir(path: Path) -> None:
     try:
         path.mkdir(mode=0o700)
     except FileExistsError:
-        return  # another process made it between our check and mkdir
+        if path.is_dir():
+            return  # another process made it between our check and mkdir
+        raise
     os.chmod(path, 0o700)
 
 

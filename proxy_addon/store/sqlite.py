@@ -270,15 +270,9 @@ class SqliteStore:
             if not create:
                 raise MissingStoreError(
                     f"there is no token store at {self.path} yet: the proxy creates it when "
-                    "it first stores a token (check the store path in the config)"
+                    "it starts (check the store path in the config)"
                 )
-            ensure_private_dir(self.path.parent)
-            # Created here rather than by SQLite, so it is 0600 from the first byte on;
-            # SQLite then gives the -wal and -shm files the same mode.
-            with contextlib.suppress(FileExistsError):
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-                os.fchmod(fd, 0o600)  # the umask may have taken away our own write bit
-                os.close(fd)
+            self._create_file()
         elif not self.path.is_file():
             raise CorruptStoreError(f"the token store {self.path} is not a regular file")
 
@@ -292,13 +286,29 @@ class SqliteStore:
                         f"{self.path} holds no token store yet: the proxy initialises it when "
                         "it first starts"
                     )
+                self._use_wal(conn)
                 self._initialise(conn)
-            self._use_wal(conn)
+            else:
+                self._use_wal(conn)
             self._tighten_modes()
         except BaseException:
             conn.close()
             raise
         self._adopt(conn)
+
+    def _create_file(self) -> None:
+        try:
+            ensure_private_dir(self.path.parent)
+            # Created here rather than by SQLite, so it is 0600 from the first byte on;
+            # SQLite then gives the -wal and -shm files the same mode.
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                os.fchmod(fd, 0o600)  # the umask may have taken away our own write bit
+                os.close(fd)
+        except OSError as e:
+            raise StoreError(
+                f"cannot create the token store {self.path}: {e.strerror} ({e.filename})"
+            ) from e
 
     def _inspect(self, conn: sqlite3.Connection) -> bool:
         """True if `conn` is an authproxy store, False if empty; raises if anything else."""

@@ -1,0 +1,392 @@
+"""The proxy end to end: a real `authproxy run`, the local IdP and API over real TLS, and real
+clients (Python requests, curl) sending through it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+from harness import CLIENT_ID, CLIENT_SECRET, Proxy, cc_credential, route, secrets_in
+
+from proxy_addon.demo.api import ApiServer
+from proxy_addon.demo.certs import Pki
+from proxy_addon.demo.idp import AuthServer
+from proxy_addon.tokens import fingerprint
+
+FAST_RETRY = {"retry_attempts": 2, "backoff_initial": 0.05, "backoff_max": 0.2}
+
+
+def issued_tokens(idp: AuthServer, api: ApiServer) -> set[str]:
+    return {e["token_fp"] for e in api.requests_log if e["token_fp"]}
+
+
+def basic_config(idp: AuthServer, api: ApiServer, **cred: object) -> dict:
+    return {
+        "credentials": {"api": cc_credential(idp.token_url, **cred)},
+        "routes": [route("api.example.test", api.port)],
+    }
+
+
+# --- injection and routing -----------------------------------------------------------------------
+
+
+def test_injects_token_on_matching_route_with_requests_and_curl(start_proxy, idp, api) -> None:
+    proxy = start_proxy(basic_config(idp, api, scopes=["read", "write"], params={"audience": "x"}))
+    url = f"https://api.example.test:{api.port}/v1/items?q=1"
+
+    r = proxy.session().get(url, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["path"] == "/v1/items?q=1"
+
+    c = proxy.curl(url)
+    assert c.returncode == 0, c.stderr
+    assert json.loads(c.stdout)["ok"] is True
+
+    assert idp.token_requests == 1  # cached across both clients
+    entry = idp.requests_log[0]
+    assert (entry["grant_type"], entry["scope"], entry["audience"]) == (
+        "client_credentials", "read write", "x",
+    )  # fmt: skip
+    assert [e["authorized"] for e in api.requests_log] == [True, True]
+
+
+def test_post_client_auth(start_proxy, idp, api) -> None:
+    proxy = start_proxy(basic_config(idp, api, client_auth="post"))
+    r = proxy.session().get(f"https://api.example.test:{api.port}/", timeout=30)
+    assert r.status_code == 200
+    assert idp.requests_log[0]["client_id"] == CLIENT_ID
+
+
+def test_no_injection_and_tls_untouched_for_other_hosts(start_proxy, idp, api, pki) -> None:
+    proxy = start_proxy(
+        {"credentials": {"api": cc_credential(idp.token_url)},
+         "routes": [route("*.example.test", api.port)]}
+    )  # fmt: skip
+    for host in ("other.test", "evil-example.test", "example.test.evil.test", "example.test"):
+        # Passed through: the client sees the API's own certificate, not one from the proxy's CA.
+        c = proxy.curl(f"https://{host}:{api.port}/x", ca=pki.ca_cert)
+        assert c.returncode == 0, (host, c.stderr)
+        assert json.loads(c.stdout) == {"error": "invalid_token"}
+        intercepted = proxy.curl(f"https://{host}:{api.port}/x")  # trusting only the proxy CA
+        assert intercepted.returncode != 0, host
+    assert not any(e["authorized"] for e in api.requests_log)
+    assert idp.token_requests == 0
+    # While a wildcard-matched host is intercepted and authenticated.
+    c = proxy.curl(f"https://a.b.example.test:{api.port}/x")
+    assert c.returncode == 0 and json.loads(c.stdout)["ok"] is True
+
+
+def test_route_port_and_path_must_match(start_proxy, idp, api, pki) -> None:
+    proxy = start_proxy(
+        {"credentials": {"api": cc_credential(idp.token_url)},
+         "routes": [route("api.example.test", api.port, path="/v1")]}
+    )  # fmt: skip
+    s = proxy.session()
+    assert s.get(f"https://api.example.test:{api.port}/v1/x", timeout=30).status_code == 200
+    assert s.get(f"https://api.example.test:{api.port}/v10", timeout=30).status_code == 401
+    assert s.get(f"https://api.example.test:{api.port}/v1/../admin", timeout=30).status_code == 401
+    assert [e["authorized"] for e in api.requests_log] == [True, False, False]
+
+
+def test_decision_uses_connect_target_not_host_header(start_proxy, idp, api, pki) -> None:
+    proxy = start_proxy(basic_config(idp, api))
+    # CONNECT to an unrouted host, claiming the routed one in Host: no token, TLS passed through.
+    c = proxy.curl(
+        f"https://other.test:{api.port}/x", "-H", f"Host: api.example.test:{api.port}",
+        ca=pki.ca_cert,
+    )  # fmt: skip
+    assert c.returncode == 0, c.stderr
+    assert json.loads(c.stdout) == {"error": "invalid_token"}
+    # CONNECT to the routed host with another Host header: the token goes to the routed host.
+    c = proxy.curl(f"https://api.example.test:{api.port}/y", "-H", "Host: other.test")
+    assert json.loads(c.stdout)["host_header"] == "other.test"
+    assert [e["authorized"] for e in api.requests_log] == [False, True]
+
+
+def test_plain_http_is_refused_unless_allowed(start_proxy, idp, http_api) -> None:
+    proxy = start_proxy(
+        {
+            "credentials": {"api": cc_credential(idp.token_url)},
+            "routes": [
+                route("api.example.test", http_api.port),
+                route("open.example.test", http_api.port, scheme="http", allow_http=True),
+            ],
+        }
+    )
+    s = proxy.session()
+    r = s.get(f"http://api.example.test:{http_api.port}/v1", timeout=30)
+    assert r.status_code == 403
+    assert r.headers["X-Authproxy-Error"] == "plain_http_refused"
+    assert r.json()["credential"] == "api"
+    assert http_api.requests_log == []  # never sent, with or without a token
+    r = s.get(f"http://open.example.test:{http_api.port}/v1", timeout=30)
+    assert r.status_code == 200
+    # Absolute-form request to an unrouted host with the routed name in Host: not injected.
+    r = s.get(
+        f"http://other.test:{http_api.port}/z",
+        headers={"Host": f"open.example.test:{http_api.port}"}, timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 401
+    assert [e["authorized"] for e in http_api.requests_log] == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "authorized"),
+    [("replace", 200, True), ("keep", 401, False), ("reject", 400, None)],
+)
+def test_existing_authorization_modes(start_proxy, idp, api, mode, status, authorized) -> None:
+    proxy = start_proxy(
+        {"credentials": {"api": cc_credential(idp.token_url)},
+         "routes": [route("api.example.test", api.port, existing_authorization=mode)]}
+    )  # fmt: skip
+    r = proxy.session().get(
+        f"https://api.example.test:{api.port}/", headers={"Authorization": "Bearer client-own"},
+        timeout=30,
+    )  # fmt: skip
+    assert r.status_code == status
+    if authorized is None:
+        assert r.headers["X-Authproxy-Error"] == "authorization_present"
+        assert api.requests_log == []
+    else:
+        assert [e["authorized"] for e in api.requests_log] == [authorized]
+
+
+# --- refresh, retry ------------------------------------------------------------------------------
+
+
+def test_proactive_refresh_across_expiry(start_proxy, idp, api) -> None:
+    idp.access_token_ttl = 2  # leeway is capped at half the lifetime: refresh after ~1 s
+    proxy = start_proxy(basic_config(idp, api))
+    s = proxy.session()
+    url = f"https://api.example.test:{api.port}/"
+    statuses = []
+    for _ in range(2000):
+        statuses.append(s.get(url, timeout=30).status_code)
+        if idp.token_requests >= 3:
+            break
+    assert idp.token_requests >= 3, "no proactive refresh happened"
+    assert set(statuses) == {200}  # never a 401: each token was replaced before it expired
+    assert len(issued_tokens(idp, api)) >= 3
+
+
+def test_401_refreshes_once_and_resends_post_body(start_proxy, idp, api) -> None:
+    proxy = start_proxy(basic_config(idp, api))
+    s = proxy.session()
+    url = f"https://api.example.test:{api.port}/v1/upload"
+    assert s.get(url, timeout=30).status_code == 200
+    idp.expire_access_tokens()  # the API now rejects the cached token; the proxy can't know
+    body = os.urandom(50_000)
+    r = s.post(url, data=body, headers={"Content-Type": "application/octet-stream"}, timeout=30)
+    assert r.status_code == 200, r.text
+    import hashlib
+
+    assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert r.json()["method"] == "POST"
+    log = api.requests_log
+    assert [(e["method"], e["status"]) for e in log] == [("GET", 200), ("POST", 401), ("POST", 200)]
+    assert log[1]["token_fp"] != log[2]["token_fp"]
+    assert log[1]["body_sha256"] == log[2]["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert idp.token_requests == 2
+
+
+def test_api_that_always_says_401_gets_exactly_one_retry(start_proxy, idp, api) -> None:
+    proxy = start_proxy(basic_config(idp, api))
+    api.always_401 = True
+    r = proxy.session().get(f"https://api.example.test:{api.port}/", timeout=30)
+    assert r.status_code == 401
+    assert len(api.requests_log) == 2
+    assert idp.token_requests == 2  # first token, and one refresh
+    assert "retrying once" in proxy.output()
+
+
+def test_insufficient_scope_is_not_retried(start_proxy, idp, api) -> None:
+    proxy = start_proxy(basic_config(idp, api))
+    api.insufficient_scope = True
+    r = proxy.session().get(f"https://api.example.test:{api.port}/", timeout=30)
+    assert r.status_code == 401
+    assert len(api.requests_log) == 1
+    assert idp.token_requests == 1
+
+
+def test_concurrent_requests_at_expired_token_make_one_idp_call(start_proxy, idp, api) -> None:
+    proxy = start_proxy(basic_config(idp, api))
+    url = f"https://api.example.test:{api.port}/"
+    assert proxy.session().get(url, timeout=30).status_code == 200
+    idp.expire_access_tokens()
+    idp.reset_counters()
+    idp.set_fault("slow")  # the refresh is slow, so all 50 requests are waiting on it
+    idp.slow_seconds = 1.0
+
+    def call(_: int) -> int:
+        with proxy.session() as s:
+            return s.get(url, timeout=60).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        statuses = list(pool.map(call, range(50)))
+    assert statuses == [200] * 50
+    assert idp.token_requests == 1
+
+
+def test_idp_down_gives_502_json_then_recovers(start_proxy, idp, api, pki) -> None:
+    proxy = start_proxy(basic_config(idp, api, **FAST_RETRY))
+    url = f"https://api.example.test:{api.port}/"
+    idp.stop()
+    s = proxy.session()
+    r = s.get(url, timeout=30)
+    assert r.status_code == 502
+    assert r.headers["X-Authproxy-Error"] == "token_unavailable"
+    body = r.json()
+    assert body["error"] == "token_unavailable"
+    assert body["credential"] == "api"
+    assert body["reason"] == "idp_unreachable"
+    assert api.requests_log == []  # never sent upstream without its token
+    # Other traffic keeps flowing meanwhile.
+    other = s.get(f"https://other.test:{api.port}/", verify=str(pki.ca_cert), timeout=30)
+    assert other.status_code == 401
+    idp.start()
+    for _ in range(200):  # bounded: the backoff window is at most 0.2 s
+        r = s.get(url, timeout=30)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 502
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("500", "idp_unavailable"), ("malformed", "idp_bad_response"),
+     ("invalid_grant", "invalid_grant")],
+)  # fmt: skip
+def test_idp_faults_give_machine_readable_502(start_proxy, idp, api, fault, reason) -> None:
+    proxy = start_proxy(basic_config(idp, api, **FAST_RETRY))
+    idp.fault = fault
+    r = proxy.session().get(f"https://api.example.test:{api.port}/", timeout=30)
+    assert r.status_code == 502
+    assert r.json()["reason"] == reason
+    assert api.requests_log == []
+    # Transient faults are retried (2 attempts); terminal ones are not.
+    assert idp.token_requests == (1 if fault == "invalid_grant" else 2)
+
+
+def test_refresh_token_grant_rotates_and_keeps_newest(start_proxy, idp, api) -> None:
+    seed = idp.issue_refresh_token(CLIENT_ID, "read")
+    idp.access_token_ttl = 3600
+    proxy = start_proxy(
+        {
+            "credentials": {
+                "api": {"grant": "refresh_token", "token_url": idp.token_url,
+                        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                        "refresh_token": "${SEED_RT}"},
+            },
+            "routes": [route("api.example.test", api.port)],
+        },
+        env={"SEED_RT": seed},
+    )  # fmt: skip
+    s = proxy.session()
+    url = f"https://api.example.test:{api.port}/"
+    for _ in range(3):
+        assert s.get(url, timeout=30).status_code == 200
+        idp.expire_access_tokens()  # each next call: 401 -> refresh with the rotated token
+    assert idp.grant_counts == {"refresh_token": 3}
+    assert all(e["status"] == 200 for e in idp.requests_log)  # no reuse of a rotated token
+
+
+def test_static_token(start_proxy, api, idp) -> None:
+    token = "static-" + "s" * 20
+    proxy = start_proxy(
+        {"credentials": {"api": {"grant": "static", "token": token}},
+         "routes": [route("api.example.test", api.port)]}
+    )  # fmt: skip
+    r = proxy.session().get(f"https://api.example.test:{api.port}/", timeout=30)
+    assert r.status_code == 401  # the API does not know it; not retried (cannot refresh)
+    assert api.requests_log[0]["token_fp"] == fingerprint(token)
+    assert len(api.requests_log) == 1
+
+
+# --- secrets -------------------------------------------------------------------------------------
+
+
+def test_no_secret_in_flow_files_logs_or_output(start_proxy, idp, api, tmp_path: Path) -> None:
+    flows = tmp_path / "flows.mitm"
+    proxy = start_proxy(basic_config(idp, api), "-w", str(flows), "--set", "flow_detail=4")
+    s = proxy.session()
+    url = f"https://api.example.test:{api.port}/v1"
+    assert s.get(url, timeout=30).status_code == 200
+    idp.expire_access_tokens()
+    assert s.post(url, data=b"x" * 100, timeout=30).status_code == 200  # a retried flow too
+    proxy.stop()
+    fps = issued_tokens(idp, api)
+    assert len(fps) == 2
+    secrets = [CLIENT_SECRET, *_issued_access_tokens(idp)]
+    data = flows.read_bytes()
+    assert data
+    assert secrets_in([data, proxy.output()], secrets) == []
+    assert b"<redacted:api:" in data
+    assert "<redacted:api:" in proxy.output()  # flow_detail=4 prints request headers
+
+
+def _issued_access_tokens(idp: AuthServer) -> list[str]:
+    with idp._lock:  # test-only peek at the server's issued tokens
+        return list(idp._access)
+
+
+def test_proxy_debug_refused_while_credentials_configured(tmp_path, idp, api, pki) -> None:
+    proxy = Proxy(tmp_path, {**basic_config(idp, api), "ca_certs": [str(pki.ca_cert)]})
+    with pytest.raises(AssertionError, match="proxy did not start"):
+        proxy.start("--set", "proxy_debug=true")
+    assert "proxy_debug logs raw wire bytes" in proxy.output()
+
+
+def test_token_requests_ignore_proxy_environment(start_proxy, idp, api) -> None:
+    # HTTPS_PROXY pointing at a dead port must not affect the proxy's own token requests.
+    proxy = start_proxy(
+        basic_config(idp, api), env={"HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+    )
+    assert proxy.session().get(f"https://api.example.test:{api.port}/", timeout=30).ok
+
+
+def test_idp_certificate_is_verified(start_proxy, tmp_path, idp, api) -> None:
+    proxy = start_proxy({**basic_config(idp, api, **FAST_RETRY), "ca_certs": []})
+    r = proxy.session().get(f"https://api.example.test:{api.port}/", timeout=30)
+    assert r.status_code == 502
+    assert r.json()["reason"] == "idp_tls_error"
+    assert idp.token_requests == 0
+
+
+def test_sigterm_stops_cleanly(start_proxy, idp, api) -> None:
+    proxy = start_proxy(basic_config(idp, api))
+    assert proxy.stop() == 0
+
+
+def test_mitmdump_script_mode(tmp_path: Path, idp, api, pki: Pki) -> None:
+    import sys
+
+    from harness import HOSTS, free_port
+
+    from proxy_addon.demo.run import wait_for_proxy
+
+    cfg = Proxy(tmp_path, {**basic_config(idp, api), "ca_certs": [str(pki.ca_cert)],
+                           "store": {"backend": "memory"}})  # fmt: skip
+    port = free_port()
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    proc = subprocess.Popen(
+        [str(mitmdump), "-q", "--listen-host", "127.0.0.1", "-p", str(port),
+         "--set", f"confdir={cfg.confdir}", "-s", "proxy_addon/addon.py",
+         "--set", f"authproxy_config={cfg.config_path}"],
+        env={**os.environ, "PYTHONPATH": str(HOSTS)}, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    try:
+        wait_for_proxy(proc, port, cfg.ca)
+        r = requests.get(
+            f"https://api.example.test:{api.port}/",
+            proxies={"https": f"http://127.0.0.1:{port}"}, verify=str(cfg.ca), timeout=30,
+        )  # fmt: skip
+        assert r.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -40,6 +40,9 @@ class Runtime:
         store = open_store(config.store, env) if config.credentials else MemoryStore()
         caches = {}
         for name, cred in config.credentials.items():
+            if cred.grant != "static":
+                # Fail at start, not on the first request, when the key cannot read a row.
+                store.get(name)
             grant = make_grant(cred, ca_bundle or True)
             # Static tokens are in the config already; persisting them would only copy a secret.
             caches[name] = CredentialCache(

@@ -101,6 +101,16 @@ class CredentialCache:
             return self._token
         return await self._refresh(rejected=rejected)
 
+    async def force_refresh(self) -> Token:
+        """Refresh now, whatever the expiry says (`authproxy refresh`)."""
+        record = await asyncio.to_thread(self.store.get, self.name) if self.store else None
+        current = record.token if record else self._token
+        if current is None:
+            return await self.token()
+        if record is not None:
+            self._token, self._version = record.token, record.version
+        return await self._refresh(rejected=current)
+
     # --- refresh ----------------------------------------------------------------------------------
 
     async def _refresh(self, rejected: Token | None) -> Token:

@@ -8,6 +8,7 @@ environment), so that the rules are easy to test. Every error names the file, th
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .providers import PRESETS
 from .routes import Route, RouteTable, normalize_host
 from .tokens import fingerprint
 
@@ -31,7 +33,19 @@ __all__ = [
     "parse_config",
 ]
 
-GRANTS = ("client_credentials", "refresh_token", "static")
+GRANTS = (
+    "client_credentials",
+    "refresh_token",
+    "authorization_code",
+    "device_code",
+    "password",
+    "static",
+)
+# Grants whose tokens come from a person signing in (`authproxy login`).
+INTERACTIVE = ("authorization_code", "device_code")
+GrantName = Literal[
+    "client_credentials", "refresh_token", "authorization_code", "device_code", "password", "static"
+]
 CLIENT_AUTH = ("basic", "post")
 EXISTING_AUTH = ("replace", "keep", "reject")
 
@@ -48,7 +62,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class TokenPolicy:
     refresh_leeway: float = 60.0  # refresh this long before expiry
-    default_lifetime: float = 3600.0  # when the IdP gives no expires_in
+    default_lifetime: float = 3600.0  # when the IdP gives no expires_in; inf: never expires
     idp_timeout: float = 10.0
     retry_attempts: int = 3  # per refresh, on 5xx / timeouts / connection errors
     backoff_initial: float = 0.5
@@ -58,8 +72,16 @@ class TokenPolicy:
 @dataclass(frozen=True, slots=True)
 class CredentialConfig:
     name: str
-    grant: Literal["client_credentials", "refresh_token", "static"]
-    token_url: str | None = None
+    grant: GrantName
+    token_url: str | None = None  # None with an issuer: found by discovery
+    issuer: str | None = None
+    authorization_url: str | None = None
+    device_authorization_url: str | None = None
+    revocation_url: str | None = None
+    authorization_params: Mapping[str, str] = field(default_factory=dict)
+    redirect_port: int = 0  # 0: any free port, for the loopback redirect of `authproxy login`
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
     client_id: str | None = field(default=None, repr=False)
     client_secret: str | None = field(default=None, repr=False)
     client_auth: Literal["basic", "post"] = "basic"
@@ -75,7 +97,12 @@ class CredentialConfig:
         return fingerprint(self.refresh_token) if self.refresh_token else None
 
     def secrets(self) -> list[str]:
-        return [s for s in (self.client_secret, self.refresh_token, self.token) if s]
+        found = (self.client_secret, self.refresh_token, self.token, self.password)
+        return [s for s in found if s]
+
+    @property
+    def interactive(self) -> bool:
+        return self.grant in INTERACTIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +272,12 @@ class _Reader:
             return tuple(expand_env(v, self.env, self.source, self.key(name)) for v in value)
         raise self.error(name, f"expected a list of strings, got {_kind(value)}")
 
+    def with_defaults(self, defaults: Mapping[str, Any]) -> _Reader:
+        """This mapping over a preset's values; keys the preset brings are never 'unknown'."""
+        merged = _Reader({**defaults, **self.data}, self.source, self.path, self.env)
+        merged._seen |= set(defaults) - set(self.data)
+        return merged
+
     def section(self, name: str) -> _Reader:
         self._seen.add(name)
         value = self.data.get(name)
@@ -365,7 +398,11 @@ def _parse_store(s: _Reader, resolve: Callable[[str], Path]) -> StoreConfig:
 def _parse_policy(s: _Reader, base: TokenPolicy) -> TokenPolicy:
     return TokenPolicy(
         refresh_leeway=s.number("refresh_leeway", base.refresh_leeway),
-        default_lifetime=s.number("default_lifetime", base.default_lifetime, minimum=1),
+        default_lifetime=(
+            math.inf
+            if s.raw("default_lifetime") == "never"
+            else s.number("default_lifetime", base.default_lifetime, minimum=1)
+        ),
         idp_timeout=s.number("idp_timeout", base.idp_timeout, minimum=0.1),
         retry_attempts=s.integer("retry_attempts", base.retry_attempts, minimum=1, maximum=10),
         backoff_initial=s.number("backoff_initial", base.backoff_initial),
@@ -389,6 +426,11 @@ def _parse_credentials(s: _Reader, policy: TokenPolicy) -> dict[str, CredentialC
 
 
 def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialConfig:
+    preset = c.str("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise c.error("preset", f"expected one of {', '.join(sorted(PRESETS))}, got {preset!r}")
+        c = c.with_defaults(PRESETS[preset])
     grant = c.choice("grant", GRANTS, "") if c.has("grant") else None
     if grant is None:
         raise c.error("grant", f"is required: one of {', '.join(GRANTS)}")
@@ -398,28 +440,51 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
         c.done(_POLICY_KEYS)
         return CredentialConfig(name, "static", token=token, policy=cred_policy)
 
-    token_url = c.str("token_url", required=True) or ""
-    if not token_url.startswith("https://"):
-        raise c.error("token_url", f"expected an https:// URL, got {token_url!r}")
-    client_id = c.str("client_id", required=True)
-    client_secret = c.str("client_secret")
-    refresh_token = c.str("refresh_token") if grant == "refresh_token" else None
+    tenant = c.str("tenant", "") or ""
+    issuer = _https_url(c, "issuer", tenant)
+    token_url = _https_url(c, "token_url", tenant)
+    if token_url is None and issuer is None:
+        raise c.error("token_url", "is required (or give issuer: to discover the endpoints)")
+    scopes = c.words("scopes")
+    scopes += tuple(s for s in c.words("required_scopes") if s not in scopes)
     cred = CredentialConfig(
         name,
         grant,  # type: ignore[arg-type]
         token_url=token_url,
-        client_id=client_id,
-        client_secret=client_secret,
+        issuer=issuer,
+        authorization_url=_https_url(c, "authorization_url", tenant),
+        device_authorization_url=_https_url(c, "device_authorization_url", tenant),
+        revocation_url=_https_url(c, "revocation_url", tenant),
+        authorization_params=c.string_map("authorization_params"),
+        redirect_port=c.integer("redirect_port", 0, minimum=0, maximum=65535),
+        client_id=c.str("client_id", required=True),
+        client_secret=c.str("client_secret"),
         client_auth=c.choice("client_auth", CLIENT_AUTH, "basic"),  # type: ignore[arg-type]
-        scopes=c.words("scopes"),
+        scopes=scopes,
         params=c.string_map("params"),
-        refresh_token=refresh_token,
+        refresh_token=c.str("refresh_token") if grant == "refresh_token" else None,
+        username=c.str("username", required=True) if grant == "password" else None,
+        password=c.str("password", required=True) if grant == "password" else None,
         policy=cred_policy,
     )
-    if grant == "client_credentials" and not client_secret:
+    if grant == "client_credentials" and not cred.client_secret:
         raise c.error("client_secret", "is required for grant client_credentials")
+    if grant == "authorization_code" and not (cred.authorization_url or issuer):
+        raise c.error("authorization_url", "is required (or give issuer: to discover it)")
+    if grant == "device_code" and not (cred.device_authorization_url or issuer):
+        raise c.error("device_authorization_url", "is required (or give issuer: to discover it)")
     c.done(_POLICY_KEYS)
     return cred
+
+
+def _https_url(c: _Reader, key: str, tenant: str) -> str | None:
+    url = c.str(key)
+    if url is None:
+        return None
+    url = url.replace("{tenant}", tenant)
+    if not url.startswith("https://"):
+        raise c.error(key, f"expected an https:// URL, got {url!r}")
+    return url
 
 
 def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> RouteTable:

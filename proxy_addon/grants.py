@@ -18,14 +18,21 @@ from typing import Any, Protocol
 from urllib.parse import quote_plus
 
 import requests
-from oauthlib.oauth2 import BackendApplicationClient, MissingTokenError, OAuth2Error
+from oauthlib.oauth2 import (
+    BackendApplicationClient,
+    LegacyApplicationClient,
+    MissingTokenError,
+    OAuth2Error,
+)
 from requests.auth import HTTPBasicAuth
 from requests_oauthlib import OAuth2Session
 
 from .config import CredentialConfig
+from .discovery import Endpoints, endpoints_for
+from .errors import GrantError
 from .tokens import Token
 
-__all__ = ["Grant", "GrantError", "make_grant"]
+__all__ = ["Grant", "GrantError", "LoginGrant", "make_grant"]
 
 # oauthlib raises when the IdP grants other scopes than asked; we take what the IdP gives.
 os.environ.setdefault("OAUTHLIB_RELAX_TOKEN_SCOPE", "1")
@@ -45,14 +52,6 @@ TERMINAL_ERRORS = frozenset(
         "access_denied",
     }
 )
-
-
-class GrantError(Exception):
-    """The IdP gave no token. `code` is machine-readable; the message is for people."""
-
-    def __init__(self, code: str, message: str, *, terminal: bool) -> None:
-        super().__init__(message)
-        self.code, self.terminal = code, terminal
 
 
 class Grant(Protocol):
@@ -77,21 +76,32 @@ class StaticGrant:
 
 class _OAuthGrant:
     refreshable = True
+    seed_id: str | None = None
 
     def __init__(self, cfg: CredentialConfig, verify: str | bool) -> None:
-        self.cfg, self.name, self._verify = cfg, cfg.name, verify
-        self.seed_id = cfg.seed_id
+        self.cfg, self.name, self.verify = cfg, cfg.name, verify
+        self._endpoints: Endpoints | None = None
 
-    def _session(self) -> OAuth2Session:
+    def endpoints(self) -> Endpoints:
+        """Configured or discovered once (from `issuer`) and kept."""
+        if self._endpoints is None:
+            self._endpoints = endpoints_for(self.cfg, self.verify)
+        return self._endpoints
+
+    def session(self, client: Any = None, **kwargs: Any) -> OAuth2Session:
+        scope = list(self.cfg.scopes) or None
         session = OAuth2Session(
-            client=BackendApplicationClient(self.cfg.client_id, scope=list(self.cfg.scopes) or None)
+            client=client or BackendApplicationClient(self.cfg.client_id, scope=scope),
+            scope=scope,
+            **kwargs,
         )
         session.trust_env = False  # never via HTTP(S)_PROXY: that may be us
         for hook in ("access_token_response", "refresh_token_response"):
             session.register_compliance_hook(hook, _check_status)
         return session
 
-    def _client_auth(self) -> tuple[HTTPBasicAuth | None, dict[str, Any]]:
+    def client_auth(self) -> tuple[HTTPBasicAuth | None, dict[str, Any]]:
+        """(auth, body params) for fetch_token: Basic, or in the body (public clients: id only)."""
         cfg = self.cfg
         if cfg.client_auth == "basic" and cfg.client_secret:
             # RFC 6749 §2.3.1: id and secret are form-encoded before Basic encoding.
@@ -102,14 +112,17 @@ class _OAuthGrant:
             body["client_secret"] = cfg.client_secret
         return None, body
 
-    def _call(self, what: str, fn: Any, **kwargs: Any) -> Token:
+    def call(self, what: str, fn: Any, **kwargs: Any) -> Token:
+        """One token request through requests-oauthlib, every failure made a GrantError."""
         started = time.time()
+        token_url = self.endpoints().token_url
+        if token_url is None:
+            raise GrantError(
+                "no_token_endpoint", f"{what}: the issuer names no token endpoint", terminal=True
+            )
         try:
             raw: Mapping[str, Any] = fn(
-                self.cfg.token_url,
-                timeout=self.cfg.policy.idp_timeout,
-                verify=self._verify,
-                **kwargs,
+                token_url, timeout=self.cfg.policy.idp_timeout, verify=self.verify, **kwargs
             )
         except GrantError:
             raise
@@ -151,41 +164,14 @@ class _OAuthGrant:
             ) from None
         return _to_token(raw, started, self.cfg.policy.default_lifetime)
 
-
-class ClientCredentialsGrant(_OAuthGrant):
-    def obtain(self, previous: Token | None) -> Token:
-        auth, extra = self._client_auth()
-        session = self._session()
-        return self._call(
-            "client_credentials token request",
-            session.fetch_token,
-            auth=auth,
-            **extra,
-            **dict(self.cfg.params),
-        )
-
-
-class RefreshTokenGrant(_OAuthGrant):
-    def obtain(self, previous: Token | None) -> Token:
-        usable_previous = previous if previous and previous.seed_id == self.seed_id else None
-        refresh_token = (
-            usable_previous.refresh_token if usable_previous else None
-        ) or self.cfg.refresh_token
-        if not refresh_token:
-            raise GrantError(
-                "needs_login",
-                f"credential {self.name!r} has no refresh token: set refresh_token in its config "
-                f"or run `authproxy login {self.name}`",
-                terminal=True,
-            )
-        auth, extra = self._client_auth()
+    def refresh(self, refresh_token: str) -> Token:
+        auth, extra = self.client_auth()
         extra.pop("include_client_id")
         if auth is None:
             extra["client_id"] = self.cfg.client_id
-        session = self._session()
-        token = self._call(
+        token = self.call(
             "refresh_token request",
-            session.refresh_token,
+            self.session().refresh_token,
             refresh_token=refresh_token,
             auth=auth,
             **extra,
@@ -196,13 +182,89 @@ class RefreshTokenGrant(_OAuthGrant):
             token = replace(token, refresh_token=refresh_token)
         return replace(token, seed_id=self.seed_id)
 
+    def needs_login(self) -> GrantError:
+        return GrantError(
+            "needs_login",
+            f"credential {self.name!r} has no usable refresh token: run `authproxy login "
+            f"{self.name}`",
+            terminal=True,
+        )
+
+
+class ClientCredentialsGrant(_OAuthGrant):
+    def obtain(self, previous: Token | None) -> Token:
+        auth, extra = self.client_auth()
+        return self.call(
+            "client_credentials token request",
+            self.session().fetch_token,
+            auth=auth,
+            **extra,
+            **dict(self.cfg.params),
+        )
+
+
+class RefreshTokenGrant(_OAuthGrant):
+    def __init__(self, cfg: CredentialConfig, verify: str | bool) -> None:
+        super().__init__(cfg, verify)
+        self.seed_id = cfg.seed_id
+
+    def obtain(self, previous: Token | None) -> Token:
+        # A refresh token stored from an older seed is stale once the config names a new one.
+        stored = previous.refresh_token if previous and previous.seed_id == self.seed_id else None
+        refresh_token = stored or self.cfg.refresh_token
+        if not refresh_token:
+            raise GrantError(
+                "needs_login",
+                f"credential {self.name!r} has no refresh token: set refresh_token in its config "
+                f"or run `authproxy login {self.name}`",
+                terminal=True,
+            )
+        return self.refresh(refresh_token)
+
+
+class LoginGrant(_OAuthGrant):
+    """authorization_code and device_code: a person signs in once (`authproxy login`), and the
+    proxy lives on the refresh token from then on."""
+
+    def obtain(self, previous: Token | None) -> Token:
+        if previous is None or not previous.refresh_token:
+            raise self.needs_login()
+        return self.refresh(previous.refresh_token)
+
+
+class PasswordGrant(_OAuthGrant):
+    """Legacy (RFC 6749 §4.3; dropped by OAuth 2.1): only for providers that still need it."""
+
+    def obtain(self, previous: Token | None) -> Token:
+        if previous is not None and previous.refresh_token:
+            try:
+                return self.refresh(previous.refresh_token)
+            except GrantError as e:
+                if not e.terminal:
+                    raise
+        auth, extra = self.client_auth()
+        session = self.session(client=LegacyApplicationClient(self.cfg.client_id))
+        return self.call(
+            "password token request",
+            session.fetch_token,
+            username=self.cfg.username,
+            password=self.cfg.password,
+            auth=auth,
+            **extra,
+            **dict(self.cfg.params),
+        )
+
 
 def make_grant(cfg: CredentialConfig, verify: str | bool) -> Grant:
     if cfg.grant == "static":
         return StaticGrant(cfg)
     if cfg.grant == "client_credentials":
         return ClientCredentialsGrant(cfg, verify)
-    return RefreshTokenGrant(cfg, verify)
+    if cfg.grant == "refresh_token":
+        return RefreshTokenGrant(cfg, verify)
+    if cfg.grant == "password":
+        return PasswordGrant(cfg, verify)
+    return LoginGrant(cfg, verify)
 
 
 def _check_status(response: requests.Response) -> requests.Response:

@@ -58,7 +58,7 @@ class CredentialStatus:
 
 def backoff_delay(failures: int, initial: float, maximum: float, rng: random.Random) -> float:
     """Full-jitter exponential backoff: uniform in [base/2, base], base = initial * 2^(n-1)."""
-    base = min(maximum, initial * (2 ** max(failures - 1, 0)))
+    base = min(maximum, initial * (2 ** min(max(failures - 1, 0), 64)))
     return rng.uniform(base / 2, base)
 
 
@@ -78,7 +78,8 @@ class CredentialCache:
         self._rng = rng or random.Random()
         self._lock = asyncio.Lock()
         self._token: Token | None = None
-        self._version: int | None = None
+        self._version: int | None = None  # store version of self._token
+        self._seen_version: int | None = None  # store version last read under the lock
         self._terminal: GrantError | None = None
         self._terminal_checked = 0.0
         self._failures = 0
@@ -121,6 +122,8 @@ class CredentialCache:
                 return tok  # another waiter refreshed it while we queued
             if rejected is not None and tok and tok.access_token != rejected.access_token:
                 return tok
+            if rejected is not None:
+                tok = None  # the API refused it: never hand it out again, even as a fallback
             if self._terminal is not None and not await self._store_has_news(now):
                 return self._fallback(tok, now, self._terminal.code, str(self._terminal))
             if now < self._next_attempt:
@@ -147,6 +150,7 @@ class CredentialCache:
             return self._fetch_and_wrap(self._token)
         with self.store.lock(self.name, timeout=self._lock_timeout()):
             current = self.store.get(self.name)
+            self._seen_version = current.version if current else None
             if current is not None and self._fresh(current.token, rejected):
                 return current
             previous = current.token if current else None
@@ -192,6 +196,7 @@ class CredentialCache:
                 )
                 time.sleep(delay)  # in a worker thread, never on the event loop
                 continue
+            self.refreshes += 1
             logger.info(
                 "credential %s: new token %s, expires in %.0fs",
                 self.name,
@@ -209,10 +214,6 @@ class CredentialCache:
     # --- outcomes ---------------------------------------------------------------------------------
 
     def _adopt(self, record: Record) -> None:
-        if record.version != self._version and (
-            self._token is None or record.token.access_token != self._token.access_token
-        ):
-            self.refreshes += 1
         self._token, self._version = record.token, record.version
         self._terminal, self._failures, self._next_attempt = None, 0, 0.0
         self.last_error = None
@@ -257,7 +258,7 @@ class CredentialCache:
             record = await asyncio.to_thread(self.store.get, self.name)
         except StoreError:
             return False
-        if record is None or record.version == self._version:
+        if record is None or record.version in (self._version, self._seen_version):
             return False
         if self._fresh(record.token, None):
             self._adopt(record)

@@ -7,6 +7,7 @@ environment), so that the rules are easy to test. Every error names the file, th
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -212,7 +213,10 @@ class _Reader:
         value = self.raw(name)
         if value is None:
             if required:
-                raise self.error(name, "is required")
+                others = [str(k) for k in self.data if k != name]
+                typo = difflib.get_close_matches(name, others, n=1, cutoff=0.85)
+                hint = f" (is {typo[0]!r} a typo of it?)" if typo else ""
+                raise self.error(name, "is required" + hint)
             return default
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise self.error(name, f"expected a string, got {_kind(value)}")
@@ -233,9 +237,9 @@ class _Reader:
             return default
         try:
             number = float(value) if not isinstance(value, bool) else None
-        except ValueError:
+        except (TypeError, ValueError):
             number = None
-        if number is None or number < minimum:
+        if number is None or math.isnan(number) or number < minimum:
             raise self.error(name, f"expected a number >= {minimum:g}, got {value!r}")
         return number
 
@@ -245,7 +249,7 @@ class _Reader:
             return default
         try:
             number = int(value) if not isinstance(value, bool | float) else None
-        except ValueError:
+        except (TypeError, ValueError):
             number = None
         if number is None or not minimum <= number <= maximum:
             raise self.error(
@@ -303,8 +307,6 @@ def _kind(value: Any) -> str:
 
 
 def _suggest(name: str, reader: _Reader) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, sorted(reader._seen), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -141,4 +141,4 @@ def _host(host: str) -> str:
     try:
         return normalize_host(host)
     except ValueError:
-        return host.lower()
+        return ""  # not a host name: matches no route

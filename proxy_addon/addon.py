@@ -6,8 +6,11 @@ authproxy_config=FILE`. Imports are absolute because mitmproxy loads a script by
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,12 +19,16 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.addons.clientplayback import ReplayHandler
 
 from proxy_addon import replies
+from proxy_addon.audit import AuditLog, strip_query_values
 from proxy_addon.cache import CredentialCache, TokenUnavailable
 from proxy_addon.config import ConfigError, _is_loopback, load_config
+from proxy_addon.metrics import Metrics
 from proxy_addon.redact import redacted_authorization
 from proxy_addon.retry import retry_decision
 from proxy_addon.routes import Route
 from proxy_addon.runtime import Runtime
+from proxy_addon.status import CredentialView, describe
+from proxy_addon.statuspage import STATUS_HOST, status_response
 from proxy_addon.store import StoreError
 from proxy_addon.tokens import Token
 
@@ -38,6 +45,7 @@ class Injection(NamedTuple):
     cache: CredentialCache
     token: Token
     request_streamed: bool
+    refreshed: bool  # this request waited for a new token
 
 
 class AuthProxy:
@@ -48,6 +56,10 @@ class AuthProxy:
         self._injected: weakref.WeakKeyDictionary[http.HTTPFlow, Injection] = (
             weakref.WeakKeyDictionary()
         )
+        self.metrics = Metrics()
+        self.audit: AuditLog | None = None
+        # Called with each flow once its token is redacted (the web UI adds it to its view then).
+        self.on_redacted: Callable[[http.HTTPFlow], None] | None = None
 
     # --- options ----------------------------------------------------------------------------
 
@@ -55,10 +67,17 @@ class AuthProxy:
         loader.add_option(
             "authproxy_config", str | None, None, "Path of the authproxy YAML configuration."
         )
+        loader.add_option(
+            "authproxy_audit_log", str | None, None,
+            "Append one JSON line per authenticated API call to this file (overrides the "
+            "config's audit_log).",
+        )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
         if "authproxy_config" in updated:
             self._load(ctx.options.authproxy_config)
+        if "authproxy_config" in updated or "authproxy_audit_log" in updated:
+            self._open_audit()
         if self.runtime is None or not self.runtime.config.credentials:
             return
         opts = ctx.options
@@ -99,12 +118,30 @@ class AuthProxy:
         if old is not None:
             old.close()
 
+    def _open_audit(self) -> None:
+        configured = self.runtime.config.audit_log if self.runtime else None
+        path = ctx.options.authproxy_audit_log or configured
+        if self.audit is not None and (path is None or Path(path) != self.audit.path):
+            self.audit.close()
+            self.audit = None
+        if path and self.audit is None:
+            try:
+                self.audit = AuditLog(Path(path))
+            except OSError as e:
+                raise exceptions.OptionsError(f"cannot open the audit log {path}: {e}") from None
+
+    def carries_token(self, flow: http.HTTPFlow) -> bool:
+        """Whether the flow holds a live, unredacted token right now."""
+        return flow in self._injected
+
     def done(self) -> None:
         # mitmproxy's Save writes flows still in flight at shutdown; redact them first.
         for flow in list(self._injected.keys()):
             self._redact(flow)
         if self.runtime is not None:
             self.runtime.close()
+        if self.audit is not None:
+            self.audit.close()
 
     # --- connections ------------------------------------------------------------------------
 
@@ -126,29 +163,38 @@ class AuthProxy:
         if rt is None or flow.response or flow.error:
             return
         req = flow.request
+        if req.host == STATUS_HOST and req.scheme == "http":
+            self._answer(flow, await self._status(req.path))
+            return
         route = rt.config.routes.match(req.scheme, req.host, req.port, req.path)
         if route is None:
             if req.scheme == "http" and (
                 refused := rt.config.routes.https_only_match(req.host, req.path)
             ):
-                self._answer(flow, replies.plain_http_refused(refused))
+                self._refuse(flow, refused, replies.plain_http_refused(refused))
             return
         retry_of = flow.metadata.get(META, {}).get("retry_of")
         if "authorization" in req.headers and retry_of is None:
             if route.existing_authorization == "keep":
                 return
             if route.existing_authorization == "reject":
-                self._answer(flow, replies.authorization_present(route))
+                self._refuse(flow, route, replies.authorization_present(route))
                 return
         cache = rt.caches[route.credential]
+        refreshes = cache.refreshes
         try:
             token = await cache.token()
         except TokenUnavailable as e:
             logger.warning("%s %s: no token for %s: %s", req.method, req.host, e.credential, e)
-            self._answer(flow, replies.token_unavailable(e))
+            self.metrics.inc("token_failures", route.credential)
+            self._refuse(flow, route, replies.token_unavailable(e))
             return
         req.headers["authorization"] = f"{token.token_type} {token.access_token}"
-        self._injected[flow] = Injection(route, cache, token, request_streamed=bool(req.stream))
+        self._injected[flow] = Injection(
+            route, cache, token, request_streamed=bool(req.stream),
+            refreshed=cache.refreshes != refreshes,
+        )  # fmt: skip
+        self.metrics.inc("injected", route.credential)
         flow.metadata[META] = {"credential": route.credential, "route": route.index}
         if retry_of is not None:
             flow.metadata[META]["retry_of"] = retry_of
@@ -158,6 +204,41 @@ class AuthProxy:
         # on its way upstream (without a token), so stop streaming it.
         flow.request.stream = False
         flow.response = response
+
+    def _refuse(self, flow: http.HTTPFlow, route: Route, response: http.Response) -> None:
+        if response.status_code != 502:
+            self.metrics.inc("refused", route.credential)
+        self._answer(flow, response)
+        self._audit(flow, route, error=response.headers.get(replies.ERROR_HEADER))
+
+    async def _status(self, path: str) -> http.Response:
+        views = await self.credential_views()
+        refreshes = self._refreshes()
+        return status_response(
+            path, views, self.metrics.snapshot(refreshes), self.metrics.prometheus(refreshes, views)
+        )
+
+    def _refreshes(self) -> dict[str, int]:
+        rt = self.runtime
+        return {n: c.refreshes for n, c in rt.caches.items()} if rt else {}
+
+    async def credential_views(self) -> list[CredentialView]:
+        rt = self.runtime
+        if rt is None:
+            return []
+
+        def read() -> dict[str, object]:
+            return {n: c.store.get(n) if c.store else None for n, c in rt.caches.items()}
+
+        try:
+            records = await asyncio.to_thread(read)
+        except StoreError:
+            records = {}
+        now = time.time()
+        return [
+            describe(cfg, records.get(name), now, rt.caches[name].status())  # type: ignore[arg-type]
+            for name, cfg in rt.config.credentials.items()
+        ]
 
     # --- responses --------------------------------------------------------------------------
 
@@ -184,9 +265,12 @@ class AuthProxy:
                     "retrying once" if retry else f"not retried, {why}",
                 )
             if retry:
+                self.metrics.inc("retried", inj.route.credential)
                 await self._retry(flow, inj)
         finally:
             self._redact(flow)
+            if "retry_of" not in flow.metadata.get(META, {}):
+                self._audit(flow, inj.route, refreshed=inj.refreshed)
 
     async def _retry(self, flow: http.HTTPFlow, inj: Injection) -> None:
         try:
@@ -211,7 +295,10 @@ class AuthProxy:
             )
 
     def error(self, flow: http.HTTPFlow) -> None:
+        inj = self._injected.get(flow)
         self._redact(flow)
+        if inj is not None and "retry_of" not in flow.metadata.get(META, {}):
+            self._audit(flow, inj.route, refreshed=inj.refreshed)
 
     def _redact(self, flow: http.HTTPFlow) -> None:
         inj = self._injected.pop(flow, None)
@@ -219,6 +306,33 @@ class AuthProxy:
             flow.request.headers["authorization"] = redacted_authorization(
                 inj.route.credential, inj.token
             )
+            if self.on_redacted is not None:
+                self.on_redacted(flow)
+
+    def _audit(
+        self,
+        flow: http.HTTPFlow,
+        route: Route,
+        *,
+        refreshed: bool = False,
+        error: str | None = None,
+    ) -> None:
+        if self.audit is None:
+            return
+        req, resp = flow.request, flow.response
+        end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
+        self.audit.write(
+            credential=route.credential,
+            route=route.describe(),
+            method=req.method,
+            host=req.host,
+            path=strip_query_values(req.path),
+            status=resp.status_code if resp else None,
+            error=error or (flow.error.msg if flow.error else None),
+            refreshed=refreshed,
+            retried=bool(flow.metadata.get(META, {}).get("retried")),
+            duration_ms=round((end - req.timestamp_start) * 1000, 1),
+        )
 
 
 addons = [AuthProxy()]

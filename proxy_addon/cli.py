@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-w", "--save-flows", metavar="FILE", help="save flows (redacted) to FILE")
     run.add_argument("-q", "--quiet", action="store_true", help="do not print each request")
     run.add_argument(
+        "--web",
+        action="store_true",
+        help="also serve mitmproxy's web UI (127.0.0.1:8081; --set web_port=N to change)",
+    )
+    run.add_argument("--audit-log", metavar="FILE", help="append one JSON line per API call")
+    run.add_argument(
         "--set",
         dest="sets",
         action="append",
@@ -110,7 +116,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError("--listen", "", f"expected HOST:PORT, got {args.listen!r}")
         listen = (host.strip("[]"), int(port))
     try:
-        return run(RunOptions(path, config, listen, args.save_flows, args.quiet, tuple(args.sets)))
+        return run(
+            RunOptions(
+                path,
+                config,
+                listen,
+                save_flows=args.save_flows,
+                quiet=args.quiet,
+                web=args.web,
+                audit_log=args.audit_log,
+                sets=tuple(args.sets),
+            )
+        )
     except StartupError as e:
         print(f"authproxy: {e}", file=sys.stderr)
         return 2

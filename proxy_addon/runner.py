@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mitmproxy import addons, exceptions, master, options
+from mitmproxy import addons, exceptions, http, master, options
 from mitmproxy.addons import dumper, errorcheck, termlog
 
 from .addon import AuthProxy
@@ -34,6 +34,8 @@ class RunOptions:
     listen: tuple[str, int] | None = None  # overrides the config's listen
     save_flows: str | None = None  # mitmproxy's save_stream_file
     quiet: bool = False
+    web: bool = False  # serve mitmproxy's web UI (mitmweb) too
+    audit_log: str | None = None
     sets: Sequence[str] = field(default_factory=list)  # "option=value", as mitmdump --set
 
 
@@ -45,13 +47,8 @@ async def _serve(ro: RunOptions) -> int:
     # mitmproxy's termlog filters by its own verbosity option; let records reach it.
     logging.getLogger().setLevel(logging.INFO)
     opts = options.Options()
-    m = master.Master(opts, with_termlog=False)
-    m.addons.add(termlog.TermLog())
-    m.addons.add(AuthProxy())  # first: it redacts before save, savehar and dumper see a flow
-    m.addons.add(*addons.default_addons())
-    if not ro.quiet:
-        m.addons.add(dumper.Dumper())
-    m.addons.add(errorcheck.ErrorCheck())
+    authproxy = AuthProxy()
+    m = _web_master(opts, authproxy) if ro.web else _dump_master(opts, authproxy, ro.quiet)
 
     host, port = ro.listen or (ro.config.listen_host, ro.config.listen_port)
     settings: dict[str, object] = {
@@ -65,6 +62,10 @@ async def _serve(ro: RunOptions) -> int:
         settings["confdir"] = str(ro.config.confdir)
     if ro.save_flows:
         settings["save_stream_file"] = ro.save_flows
+    if ro.audit_log:
+        settings["authproxy_audit_log"] = ro.audit_log
+    if ro.web:
+        settings["web_open_browser"] = False
     if ro.quiet:
         settings["termlog_verbosity"] = "warn"
     try:
@@ -80,3 +81,36 @@ async def _serve(ro: RunOptions) -> int:
     logging.getLogger("authproxy").info("authproxy %s:%d (config %s)", host, port, ro.config_path)
     await m.run()
     return 0
+
+
+def _dump_master(opts: options.Options, authproxy: AuthProxy, quiet: bool) -> master.Master:
+    m = master.Master(opts, with_termlog=False)
+    m.addons.add(termlog.TermLog())
+    m.addons.add(authproxy)  # first: it redacts before save, savehar and dumper see a flow
+    m.addons.add(*addons.default_addons())
+    if not quiet:
+        m.addons.add(dumper.Dumper())
+    m.addons.add(errorcheck.ErrorCheck())
+    return m
+
+
+def _web_master(opts: options.Options, authproxy: AuthProxy) -> master.Master:
+    """mitmweb, with our addon moved to the front of its chain, and flows kept out of the UI's
+    view while they carry a live token (mitmweb pushes every change of a flow in its view to the
+    browser, so an in-flight request would show its token)."""
+    from mitmproxy.tools.web.master import WebMaster
+
+    m = WebMaster(opts, with_termlog=True)
+    m.addons.add(authproxy)
+    m.addons.chain.remove(authproxy)
+    m.addons.chain.insert(0, authproxy)
+    view = m.view
+    add_to_view = view.requestheaders
+
+    def requestheaders(flow: http.HTTPFlow) -> None:
+        if not authproxy.carries_token(flow):
+            add_to_view(flow)
+
+    view.requestheaders = requestheaders  # type: ignore[method-assign]
+    authproxy.on_redacted = lambda flow: view.add([flow])
+    return m

@@ -265,7 +265,6 @@ class AuthProxy:
                     "retrying once" if retry else f"not retried, {why}",
                 )
             if retry:
-                self.metrics.inc("retried", inj.route.credential)
                 await self._retry(flow, inj)
         finally:
             self._redact(flow)
@@ -276,8 +275,10 @@ class AuthProxy:
         try:
             await inj.cache.replace_rejected(inj.token)
         except TokenUnavailable as e:
+            self.metrics.inc("token_failures", inj.route.credential)
             flow.response = replies.token_unavailable(e)
             return
+        self.metrics.inc("retried", inj.route.credential)
         replay = flow.copy()
         replay.is_replay = "request"
         replay.response = None
@@ -320,6 +321,7 @@ class AuthProxy:
         if self.audit is None:
             return
         req, resp = flow.request, flow.response
+        retried = bool(flow.metadata.get(META, {}).get("retried"))
         end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
         self.audit.write(
             credential=route.credential,
@@ -328,9 +330,11 @@ class AuthProxy:
             host=req.host,
             path=strip_query_values(req.path),
             status=resp.status_code if resp else None,
-            error=error or (flow.error.msg if flow.error else None),
-            refreshed=refreshed,
-            retried=bool(flow.metadata.get(META, {}).get("retried")),
+            error=error
+            or (resp.headers.get(replies.ERROR_HEADER) if resp else None)
+            or (flow.error.msg if flow.error else None),
+            refreshed=refreshed or retried,
+            retried=retried,
             duration_ms=round((end - req.timestamp_start) * 1000, 1),
         )
 

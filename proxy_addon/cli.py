@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import Config, ConfigError, CredentialConfig, config_path, load_config
+from . import token_commands
+from .config import Config, ConfigError, config_path, load_config
 from .store import StoreError
 
 __all__ = ["main"]
@@ -71,27 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--once", action="store_true", help="make the demo call, then stop")
     demo.set_defaults(func=_cmd_demo)
 
-    login = sub.add_parser("login", help="sign in for a credential and store its tokens")
-    login.add_argument("name", help="the credential")
-    login.add_argument(
-        "--no-browser",
-        action="store_true",
-        help="do not listen for the redirect: paste the final URL instead (SSH sessions)",
-    )
-    login.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (300)")
-    login.set_defaults(func=_cmd_login)
-
-    logout = sub.add_parser("logout", help="delete a credential's stored tokens (and revoke them)")
-    logout.add_argument("name")
-    logout.set_defaults(func=_cmd_logout)
-
-    refresh = sub.add_parser("refresh", help="refresh a credential's token now")
-    refresh.add_argument("name")
-    refresh.set_defaults(func=_cmd_refresh)
-
-    tokens = sub.add_parser("tokens", help="list credentials and their token state (no secrets)")
-    tokens.add_argument("--json", action="store_true", help="machine-readable output")
-    tokens.set_defaults(func=_cmd_tokens)
+    token_commands.register(sub, _load)
 
     rotate = sub.add_parser(
         "rotate-key", help="re-encrypt the token store under a new key (old key kept readable)"
@@ -181,139 +160,3 @@ def _cmd_rotate_key(args: argparse.Namespace) -> int:
         n = store.rotate(keyring)
     print(f"re-encrypted {n} credential(s) in {db_path} under the newest key")
     return 0
-
-
-def _credential(config: Config, name: str) -> CredentialConfig:
-    if name not in config.credentials:
-        known = ", ".join(sorted(config.credentials)) or "none"
-        raise ConfigError(
-            config.source, "credentials", f"no credential named {name!r} (known: {known})"
-        )
-    return config.credentials[name]
-
-
-def _cmd_login(args: argparse.Namespace) -> int:
-    from .grants import make_grant
-    from .login import LoginError, login
-    from .runtime import Runtime
-
-    _, config = _load(args)
-    cred = _credential(config, args.name)
-    runtime = Runtime.build(config)
-    try:
-        grant = make_grant(cred, runtime.ca_bundle or True)
-        token = login(grant, runtime.store, no_browser=args.no_browser, timeout=args.timeout)  # type: ignore[arg-type]
-    except LoginError as e:
-        print(f"authproxy: login {args.name}: {e}", file=sys.stderr)
-        return 1
-    finally:
-        runtime.close()
-    scopes = " ".join(token.scope) or "(none given)"
-    print(
-        f"Signed in: {args.name} now has a token (scopes: {scopes}); a running proxy uses it "
-        "within seconds."
-    )
-    return 0
-
-
-def _cmd_logout(args: argparse.Namespace) -> int:
-    from .grants import make_grant
-    from .login import revoke
-    from .runtime import Runtime
-
-    _, config = _load(args)
-    cred = _credential(config, args.name)
-    runtime = Runtime.build(config)
-    try:
-        record = runtime.store.get(args.name)
-        if record is None:
-            print(f"{args.name}: no stored tokens")
-            return 0
-        note = ""
-        if cred.grant != "static":
-            note = revoke(make_grant(cred, runtime.ca_bundle or True), record.token)  # type: ignore[arg-type]
-        runtime.store.delete(args.name)
-    finally:
-        runtime.close()
-    print(f"{args.name}: stored tokens deleted; {note}")
-    return 0
-
-
-def _cmd_refresh(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from .cache import TokenUnavailable
-    from .runtime import Runtime
-
-    _, config = _load(args)
-    _credential(config, args.name)
-    runtime = Runtime.build(config)
-    try:
-        token = asyncio.run(runtime.caches[args.name].force_refresh())
-    except TokenUnavailable as e:
-        print(f"authproxy: refresh {args.name}: {e}", file=sys.stderr)
-        return 1
-    finally:
-        runtime.close()
-    print(f"{args.name}: refreshed; expires in {token.expires_at - time.time():.0f}s")
-    return 0
-
-
-def _cmd_tokens(args: argparse.Namespace) -> int:
-    import json
-
-    from .runtime import open_store
-    from .status import describe
-    from .store.sqlite import MissingStoreError
-
-    _, config = _load(args)
-    try:
-        store = open_store(config.store, create=False)
-    except MissingStoreError:
-        store = None
-    now = time.time()
-    try:
-        views = [
-            describe(c, store.get(name) if store else None, now)
-            for name, c in config.credentials.items()
-        ]
-    finally:
-        if store is not None:
-            store.close()
-    if args.json:
-        print(json.dumps([v.as_dict() for v in views], indent=1))
-        return 0
-    columns = "{:<16} {:<19} {:<12} {:>10}  {:<7} {:<19} {}"
-    print(
-        columns.format("NAME", "GRANT", "STATE", "EXPIRES IN", "REFRESH", "LAST REFRESH", "SCOPES")
-    )
-    for v in views:
-        if v.expires_in is None:
-            expires = "-"
-        else:
-            expires = "never" if math.isinf(v.expires_in) else _duration(v.expires_in)
-        last = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.last_refresh))
-            if v.last_refresh
-            else "-"
-        )
-        refresh = "yes" if v.refresh_token else "no"
-        print(
-            columns.format(
-                v.name, v.grant, v.state, expires, refresh, last, " ".join(v.scopes) or "-"
-            )
-        )
-        if v.last_error:
-            print(f"  last error: {v.last_error}")
-    return 0
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 0:
-        return "expired"
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"

@@ -1,0 +1,207 @@
+"""The commands about credentials and their tokens: login, logout, refresh, tokens."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import Config, ConfigError, CredentialConfig
+from .status import CredentialView
+
+__all__ = ["register"]
+
+Loader = Callable[[argparse.Namespace], tuple[Path, Config]]
+
+
+def register(sub: argparse._SubParsersAction, load: Loader) -> None:  # type: ignore[type-arg]
+    """Add the commands; each finds the config through `args.load(args)`."""
+    login = sub.add_parser("login", help="sign in for a credential and store its tokens")
+    login.add_argument("name", help="the credential")
+    login.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="do not listen for the redirect: paste the final URL instead (SSH sessions)",
+    )
+    login.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (300)")
+    login.set_defaults(func=_cmd_login, load=load)
+
+    logout = sub.add_parser("logout", help="delete a credential's stored tokens (and revoke them)")
+    logout.add_argument("name")
+    logout.set_defaults(func=_cmd_logout, load=load)
+
+    refresh = sub.add_parser("refresh", help="refresh a credential's token now")
+    refresh.add_argument("name")
+    refresh.set_defaults(func=_cmd_refresh, load=load)
+
+    tokens = sub.add_parser("tokens", help="list credentials and their token state (no secrets)")
+    tokens.add_argument("--json", action="store_true", help="machine-readable output")
+    tokens.set_defaults(func=_cmd_tokens, load=load)
+
+
+def _credential(config: Config, name: str) -> CredentialConfig:
+    if name not in config.credentials:
+        known = ", ".join(sorted(config.credentials)) or "none"
+        raise ConfigError(
+            config.source, "credentials", f"no credential named {name!r} (known: {known})"
+        )
+    return config.credentials[name]
+
+
+def _cmd_login(args: argparse.Namespace) -> int:
+    from .grants import make_grant
+    from .login import LoginError, login
+    from .runtime import Runtime
+
+    _, config = args.load(args)
+    cred = _credential(config, args.name)
+    runtime = Runtime.build(config)
+    try:
+        grant = make_grant(cred, runtime.ca_bundle or True)
+        token = login(grant, runtime.store, no_browser=args.no_browser, timeout=args.timeout)  # type: ignore[arg-type]
+    except LoginError as e:
+        print(f"authproxy: login {args.name}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.close()
+    scopes = " ".join(token.scope) or "(none given)"
+    print(
+        f"Signed in: {args.name} now has a token (scopes: {scopes}); a running proxy uses it "
+        "within seconds."
+    )
+    return 0
+
+
+def _cmd_logout(args: argparse.Namespace) -> int:
+    from .grants import make_grant
+    from .login import revoke
+    from .runtime import Runtime
+
+    _, config = args.load(args)
+    cred = _credential(config, args.name)
+    runtime = Runtime.build(config)
+    try:
+        record = runtime.store.get(args.name)
+        if record is None:
+            print(f"{args.name}: no stored tokens")
+            return 0
+        note = ""
+        if cred.grant != "static":
+            note = revoke(make_grant(cred, runtime.ca_bundle or True), record.token)  # type: ignore[arg-type]
+        runtime.store.delete(args.name)
+    finally:
+        runtime.close()
+    print(f"{args.name}: stored tokens deleted; {note}")
+    return 0
+
+
+def _cmd_refresh(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .cache import TokenUnavailable
+    from .runtime import Runtime
+
+    _, config = args.load(args)
+    _credential(config, args.name)
+    runtime = Runtime.build(config)
+    try:
+        token = asyncio.run(runtime.caches[args.name].force_refresh())
+    except TokenUnavailable as e:
+        print(f"authproxy: refresh {args.name}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.close()
+    print(f"{args.name}: refreshed; expires in {token.expires_at - time.time():.0f}s")
+    return 0
+
+
+def _cmd_tokens(args: argparse.Namespace) -> int:
+    import json
+
+    from .runtime import open_store
+    from .status import describe
+    from .store.sqlite import MissingStoreError
+
+    _, config = args.load(args)
+    try:
+        store = open_store(config.store, create=False)
+    except MissingStoreError:
+        store = None
+    now = time.time()
+    try:
+        views = [
+            describe(c, store.get(name) if store else None, now)
+            for name, c in config.credentials.items()
+        ]
+    finally:
+        if store is not None:
+            store.close()
+    views = [_with_live_state(v, live) for v in views] if (live := _live_status(config)) else views
+    if args.json:
+        print(json.dumps([v.as_dict() for v in views], indent=1))
+        return 0
+    columns = "{:<16} {:<19} {:<12} {:>10}  {:<7} {:<19} {}"
+    print(
+        columns.format("NAME", "GRANT", "STATE", "EXPIRES IN", "REFRESH", "LAST REFRESH", "SCOPES")
+    )
+    for v in views:
+        if v.expires_in is None:
+            expires = "-"
+        else:
+            expires = "never" if math.isinf(v.expires_in) else _duration(v.expires_in)
+        last = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.last_refresh))
+            if v.last_refresh
+            else "-"
+        )
+        refresh = "yes" if v.refresh_token else "no"
+        print(
+            columns.format(
+                v.name, v.grant, v.state, expires, refresh, last, " ".join(v.scopes) or "-"
+            )
+        )
+        if v.last_error:
+            print(f"  last error: {v.last_error}")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 0:
+        return "expired"
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def _live_status(config: Config) -> dict[str, dict[str, object]]:
+    """What a running proxy for this config knows (failures, last errors), if one is running."""
+    import requests
+
+    wildcard = config.listen_host in ("0.0.0.0", "::", "")  # noqa: S104 (a comparison)
+    host = "127.0.0.1" if wildcard else config.listen_host
+    auth = f"{config.proxy_auth}@" if config.proxy_auth else ""
+    proxy = f"http://{auth}{host}:{config.listen_port}"
+    try:
+        with requests.Session() as s:
+            s.trust_env = False
+            r = s.get("http://authproxy.local/status.json", proxies={"http": proxy}, timeout=2)
+            entries = r.json()["credentials"] if r.ok else []
+    except (requests.RequestException, ValueError, KeyError):
+        return {}
+    return {str(e["name"]): e for e in entries if isinstance(e, dict) and "name" in e}
+
+
+def _with_live_state(view: CredentialView, live: dict[str, dict[str, object]]) -> CredentialView:
+    entry = live.get(view.name)
+    if not entry or entry.get("state") not in ("failing", "needs login"):
+        return view
+    return dataclasses.replace(
+        view, state=str(entry["state"]), last_error=str(entry.get("last_error") or "")
+    )

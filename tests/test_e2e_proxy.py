@@ -390,3 +390,46 @@ def test_mitmdump_script_mode(tmp_path: Path, idp, api, pki: Pki) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_api_certificate_is_verified(start_proxy, idp, api, pki, tmp_path) -> None:
+    # The proxy trusts the IdP's CA by a bundle of its own making, but not for this API host:
+    # an API whose certificate does not verify never sees the request (or its token).
+    from proxy_addon.demo.certs import make_pki
+
+    other_ca = make_pki(tmp_path / "other-pki", ("api.example.test",))
+    impostor = ApiServer(idp.is_valid, other_ca).start()
+    try:
+        proxy = start_proxy(basic_config(idp, impostor))
+        r = proxy.session().get(f"https://api.example.test:{impostor.port}/", timeout=30)
+        assert r.status_code == 502
+        assert "certificate verify failed" in r.text.lower()
+        assert impostor.requests_log == []
+    finally:
+        impostor.stop()
+
+
+def test_streamed_request_body_is_not_retried(start_proxy, idp, api) -> None:
+    proxy = start_proxy(basic_config(idp, api), "--set", "stream_large_bodies=1k")
+    s = proxy.session()
+    url = f"https://api.example.test:{api.port}/upload"
+    assert s.get(url, timeout=30).status_code == 200
+    idp.expire_access_tokens()
+    r = s.post(url, data=b"z" * 20_000, timeout=30)
+    assert r.status_code == 401  # the API's answer, passed on: the body is gone, no re-send
+    assert [e["method"] for e in api.requests_log] == ["GET", "POST"]
+    assert api.requests_log[1]["authorized"] is False
+    assert "not retried, the request body was streamed" in proxy.output()
+
+
+def test_non_loopback_listen_requires_proxy_auth(start_proxy, idp, api) -> None:
+    proxy = start_proxy({**basic_config(idp, api), "proxy_auth": "ops:${PROXY_PW}"},
+                        env={"PROXY_PW": "pw-" + "q" * 12})  # fmt: skip
+    # start_proxy listens on 127.0.0.1; the auth requirement still applies to every client.
+    url = f"https://api.example.test:{api.port}/"
+    with pytest.raises(requests.exceptions.ProxyError, match="407"):
+        proxy.session().get(url, timeout=30)
+    s = proxy.session()
+    authed = f"http://ops:pw-{'q' * 12}@127.0.0.1:{proxy.port}"
+    s.proxies = {"http": authed, "https": authed}
+    assert s.get(url, timeout=30).status_code == 200

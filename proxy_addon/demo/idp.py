@@ -1,75 +1,83 @@
-"""A local OAuth 2 authorization server: the RFC 6749 token endpoint, plus fault injection.
+"""A local OAuth 2 authorization server, plus fault injection.
+
+Endpoints: token (RFC 6749 client_credentials, authorization_code with PKCE per RFC 7636,
+password and refresh_token; RFC 8628 device_code), authorization with a sign-in form, device
+authorization and verification (RFC 8628), revocation (RFC 7009), and discovery (RFC 8414 and
+OpenID Connect Discovery).
 
 It backs both the demo and the end-to-end tests, so it is strict where real servers are
-(client authentication, refresh-token rotation with reuse detection) and lets a test make it
-fail on demand (`fault`) or vanish (`stop()`), and observe every token request it answered.
+(client authentication, refresh-token rotation with reuse detection, exact redirect URIs) and
+lets a test make it fail on demand (`fault`) or vanish (`stop()`), and observe every token
+request it answered. The grant rules live in `idp_grants`, the request checks that need no
+state in `idp_protocol`, the HTML in `idp_pages`; this module speaks HTTP.
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
-import math
-import secrets
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
+from proxy_addon.demo import idp_pages as pages
 from proxy_addon.demo.certs import Pki
+from proxy_addon.demo.idp_grants import (
+    NO_STORE,
+    WRONG_LOGIN,
+    GrantStore,
+    Issued,
+    OAuthError,
+    invalid_client,
+)
+from proxy_addon.demo.idp_protocol import (
+    AuthorizationRequest,
+    PageError,
+    RedirectError,
+    normalize_scope,
+    parse_authorization_request,
+    valid_verifier,
+    with_query,
+)
 from proxy_addon.demo.server import BackgroundServer, HangUp, Request, Response
 
-__all__ = ["FAULTS", "AuthServer", "OAuthError"]
+__all__ = ["DEVICE_CODE_GRANT", "FAULTS", "GRANT_TYPES", "AuthServer", "OAuthError"]
 
 FAULTS = frozenset({"500", "malformed", "invalid_grant", "slow"})
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+GRANT_TYPES = (
+    "authorization_code", "refresh_token", "client_credentials", "password", DEVICE_CODE_GRANT,
+)  # fmt: skip
+_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 # Credentials, so never written to the request log.
 _SECRET_PARAMS = frozenset(
     {"client_secret", "refresh_token", "code", "code_verifier", "password", "assertion",
-     "client_assertion", "subject_token", "actor_token"}
+     "client_assertion", "subject_token", "actor_token", "device_code", "token"}
 )  # fmt: skip
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="authproxy-demo"'}
+_GET = frozenset({"GET", "HEAD"})
+_POST = frozenset({"POST"})
+
+_Endpoint = Callable[[Request], Response]
+_GrantHandler = Callable[[str, dict[str, str], float], Issued]
 
 
-class OAuthError(Exception):
-    """An error answer of the token endpoint (RFC 6749 §5.2)."""
-
-    def __init__(
-        self, error: str, description: str, status: int = 400, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(f"{error}: {description}")
-        self.error, self.description, self.status = error, description, status
-        self.headers = headers or {}
-
-    def response(self) -> Response:
-        payload = {"error": self.error, "error_description": self.description}
-        return Response.of_json(self.status, payload, {**_NO_STORE, **self.headers})
-
-
-@dataclass(slots=True)
-class _Grant:
-    """One issued token. Tokens descended from one original grant share a `family`."""
-
-    client_id: str
-    scope: str
-    family: str
-    expires_at: float = math.inf
-    used: bool = False  # a refresh token that was rotated away
-
-
-def _normalize_scope(scope: str) -> str:
-    return " ".join(dict.fromkeys(scope.split()))
-
-
-def _read_form(request: Request) -> dict[str, str]:
+def _form_pairs(request: Request) -> list[tuple[str, str]]:
     if request.headers.get_content_type() != "application/x-www-form-urlencoded":
         raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
     try:
-        pairs = parse_qsl(request.body.decode("utf-8"), keep_blank_values=True)
+        return parse_qsl(request.body.decode("utf-8"), keep_blank_values=True)
     except UnicodeDecodeError:
         raise OAuthError("invalid_request", "the body is not UTF-8") from None
+
+
+def _query_pairs(request: Request) -> list[tuple[str, str]]:
+    return parse_qsl(urlsplit(request.path).query, keep_blank_values=True)
+
+
+def _read_form(request: Request) -> dict[str, str]:
+    pairs = _form_pairs(request)
     names = [name for name, _ in pairs]
     if len(set(names)) != len(names):
         raise OAuthError("invalid_request", "a parameter was repeated (RFC 6749 §3.2)")
@@ -77,9 +85,11 @@ def _read_form(request: Request) -> dict[str, str]:
     return {name: value for name, value in pairs if value}
 
 
-def _invalid_client(description: str) -> OAuthError:
-    # 401 either way; the Basic challenge tells the client which scheme we support (§5.2).
-    return OAuthError("invalid_client", description, 401, _BASIC_CHALLENGE)
+def _required(form: dict[str, str], name: str) -> str:
+    value = form.get(name)
+    if value is None:
+        raise OAuthError("invalid_request", f"{name} is required")
+    return value
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -89,10 +99,10 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode()
     except ValueError:
-        raise _invalid_client("malformed Basic credentials") from None
+        raise invalid_client("malformed Basic credentials") from None
     client_id, colon, secret = decoded.partition(":")
     if not colon:
-        raise _invalid_client("malformed Basic credentials")
+        raise invalid_client("malformed Basic credentials")
     # RFC 6749 §2.3.1: both halves are form-urlencoded before they are joined and encoded.
     return unquote_plus(client_id), unquote_plus(secret)
 
@@ -107,15 +117,20 @@ def _fault_response(fault: str | None) -> Response | None:
         return Response(500, b"injected fault\n", {"Content-Type": "text/plain"})
     if fault == "malformed":
         # Truncated JSON, declared as JSON: the nastiest kind of "not JSON".
-        headers = {"Content-Type": "application/json", **_NO_STORE}
+        headers = {"Content-Type": "application/json", **NO_STORE}
         return Response(200, b'{"access_token": "trunc', headers)
     if fault == "invalid_grant":
         return OAuthError("invalid_grant", "injected fault").response()
     return None
 
 
+def _json_number(value: float) -> int | float:
+    # Whole seconds as an integer, as clients expect; a test's sub-second value as it is.
+    return int(value) if float(value).is_integer() else value
+
+
 class AuthServer(BackgroundServer):
-    """An OAuth 2 authorization server on `token_url`; `is_valid` lets an API check its tokens."""
+    """An OAuth 2 authorization server on `url`; `is_valid` lets an API check its tokens."""
 
     def __init__(
         self,
@@ -132,22 +147,80 @@ class AuthServer(BackgroundServer):
         self.include_expires_in = include_expires_in
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.slow_seconds = 2.0  # how long the "slow" fault holds each answer back
-        self._lock = threading.Lock()
+        self.code_ttl = 60.0  # authorization code lifetime
+        self.device_code_ttl = 600.0
+        self.device_interval = 5.0  # the polling interval a device authorization starts with
+        # When set, the interval told to clients, below the one enforced: lets a test see how a
+        # client takes slow_down.
+        self.advertised_interval: float | None = None
+        self.slow_down_step = 5.0  # RFC 8628 §3.5: what each slow_down adds to that interval
+        self._grants = GrantStore()
+        # One lock for grants and counters; tests peek at `_access` under it.
+        self._lock = self._grants.lock
+        self._access = self._grants.access
         self._changed = threading.Condition(self._lock)
         self._stopping = threading.Event()  # cuts the "slow" fault's wait short on stop()
-        self._clients: dict[str, str] = {}
-        self._access: dict[str, _Grant] = {}
-        self._refresh: dict[str, _Grant] = {}
-        self._revoked_families: set[str] = set()
         self._fault: str | None = None
         self._fault_count: int | None = None
         self._arrived = 0
         self._log: list[dict[str, Any]] = []
         self._grant_counts: Counter[str] = Counter()
+        self._discovery_requests = 0
+        self._revocations = 0
+        self._routes: dict[str, tuple[frozenset[str], _Endpoint]] = {
+            "/token": (_POST, self._token_endpoint),
+            "/authorize": (_GET | _POST, self._authorize),
+            "/device_authorization": (_POST, self._device_authorization),
+            "/device": (_GET | _POST, self._device_verification),
+            "/revoke": (_POST, self._revoke),
+            "/.well-known/openid-configuration": (_GET, self._discovery),
+            "/.well-known/oauth-authorization-server": (_GET, self._discovery),
+        }
+
+    # Endpoint addresses.
 
     @property
     def token_url(self) -> str:
         return self.url + "/token"
+
+    @property
+    def authorize_url(self) -> str:
+        return self.url + "/authorize"
+
+    @property
+    def device_authorization_url(self) -> str:
+        return self.url + "/device_authorization"
+
+    @property
+    def device_url(self) -> str:
+        """The verification URI, where a person enters a device's user code."""
+        return self.url + "/device"
+
+    @property
+    def revocation_url(self) -> str:
+        return self.url + "/revoke"
+
+    @property
+    def discovery_url(self) -> str:
+        return self.url + "/.well-known/openid-configuration"
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The discovery document (RFC 8414 §2), served at both well-known addresses."""
+        return {
+            "issuer": self.url,
+            "authorization_endpoint": self.authorize_url,
+            "token_endpoint": self.token_url,
+            "device_authorization_endpoint": self.device_authorization_url,
+            "revocation_endpoint": self.revocation_url,
+            "grant_types_supported": list(GRANT_TYPES),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": list(_AUTH_METHODS),
+            "revocation_endpoint_auth_methods_supported": list(_AUTH_METHODS),
+            "authorization_response_iss_parameter_supported": True,  # RFC 9207
+        }
 
     def start(self) -> AuthServer:
         self._stopping.clear()
@@ -199,48 +272,34 @@ class AuthServer(BackgroundServer):
                     self._fault, self._fault_count = None, None
             return fault
 
-    # Clients and tokens.
+    # Clients, users and tokens.
 
-    def add_client(self, client_id: str, client_secret: str) -> None:
-        with self._lock:
-            self._clients[client_id] = client_secret
+    def add_client(
+        self, client_id: str, client_secret: str | None = None, *, redirect_uris: Iterable[str] = ()
+    ) -> None:
+        """Register (or replace) a client. Without a secret it is a public client (RFC 6749
+        §2.1): it identifies itself by client_id alone and must use PKCE."""
+        self._grants.add_client(client_id, client_secret, redirect_uris)
+
+    def add_user(self, username: str, password: str) -> None:
+        self._grants.add_user(username, password)
 
     def issue_refresh_token(self, client_id: str, scope: str = "") -> str:
         """Seed a refresh token, standing in for an interactive login."""
-        with self._lock:
-            if client_id not in self._clients:
-                raise ValueError(f"unknown client {client_id!r}")
-            return self._new_refresh(client_id, _normalize_scope(scope), secrets.token_hex(8))
+        return self._grants.seed_refresh_token(client_id, scope)
 
     def is_valid(self, access_token: str) -> bool:
-        with self._lock:
-            grant = self._access.get(access_token)
-            return (
-                grant is not None
-                and grant.family not in self._revoked_families
-                and time.time() < grant.expires_at
-            )
+        return self._grants.is_valid(access_token)
+
+    def subject_of(self, access_token: str) -> str | None:
+        """The user who granted this access token; None without one (or for unknown tokens)."""
+        return self._grants.subject_of(access_token)
 
     def expire_access_tokens(self) -> None:
-        with self._lock:
-            now = time.time()
-            for grant in self._access.values():
-                grant.expires_at = min(grant.expires_at, now)
+        self._grants.expire_access_tokens()
 
     def revoke_all(self) -> None:
-        with self._lock:
-            for grant in (*self._access.values(), *self._refresh.values()):
-                self._revoked_families.add(grant.family)
-
-    def _new_access(self, client_id: str, scope: str, family: str, ttl: float) -> str:
-        token = secrets.token_urlsafe(32)
-        self._access[token] = _Grant(client_id, scope, family, time.time() + ttl)
-        return token
-
-    def _new_refresh(self, client_id: str, scope: str, family: str) -> str:
-        token = secrets.token_urlsafe(32)
-        self._refresh[token] = _Grant(client_id, scope, family)
-        return token
+        self._grants.revoke_all()
 
     # Observability.
 
@@ -261,11 +320,24 @@ class AuthServer(BackgroundServer):
         with self._lock:
             return dict(self._grant_counts)
 
+    @property
+    def discovery_requests(self) -> int:
+        """Fetches of either discovery document."""
+        with self._lock:
+            return self._discovery_requests
+
+    @property
+    def revocations(self) -> int:
+        """Revocation requests answered with 200 (unknown tokens included, RFC 7009 §2.2)."""
+        with self._lock:
+            return self._revocations
+
     def reset_counters(self) -> None:
         with self._changed:
             self._arrived = 0
             self._log.clear()
             self._grant_counts.clear()
+            self._discovery_requests = self._revocations = 0
             self._changed.notify_all()
 
     def wait_for_requests(self, n: int, timeout: float, *, arrived: bool = False) -> bool:
@@ -275,13 +347,30 @@ class AuthServer(BackgroundServer):
                 lambda: (self._arrived if arrived else len(self._log)) >= n, timeout
             )
 
-    # The token endpoint.
+    # Routing.
 
     def handle(self, request: Request) -> Response:
-        if urlsplit(request.path).path != "/token":
+        route = self._routes.get(urlsplit(request.path).path)
+        if route is None:
             return Response.of_json(404, {"error": "not_found"})
-        if request.method != "POST":
-            return Response.of_json(405, {"error": "method_not_allowed"}, {"Allow": "POST"})
+        methods, endpoint = route
+        if request.method not in methods:
+            allow = ", ".join(sorted(methods))
+            return Response.of_json(405, {"error": "method_not_allowed"}, {"Allow": allow})
+        return endpoint(request)
+
+    def _discovery(self, request: Request) -> Response:
+        with self._lock:
+            self._discovery_requests += 1
+        return Response.of_json(200, self.metadata)
+
+    def _client_of(self, form: dict[str, str], request: Request) -> str:
+        basic = _basic_credentials(request.headers.get("Authorization"))
+        return self._grants.authenticate(form.get("client_id"), form.get("client_secret"), basic)
+
+    # The token endpoint.
+
+    def _token_endpoint(self, request: Request) -> Response:
         with self._changed:
             self._arrived += 1
             self._changed.notify_all()
@@ -298,7 +387,7 @@ class AuthServer(BackgroundServer):
             basic = _basic_credentials(request.headers.get("Authorization"))
             if basic is not None:
                 entry["client_id"] = basic[0]
-            response = injected or self._grant(form, basic)
+            response = injected or self._grant(form, request)
         except OAuthError as error:
             response = injected or error.response()
         entry.update(fault=fault, status=response.status)
@@ -309,75 +398,163 @@ class AuthServer(BackgroundServer):
             self._changed.notify_all()
         return response
 
-    def _grant(self, form: dict[str, str], basic: tuple[str, str] | None) -> Response:
-        client_id = self._authenticate(form, basic)
-        grant_type = form.get("grant_type")
-        if grant_type is None:
-            raise OAuthError("invalid_request", "grant_type is required")
-        if grant_type == "client_credentials":
-            return self._client_credentials(client_id, form)
-        if grant_type == "refresh_token":
-            return self._refresh_token(client_id, form)
-        raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
-
-    def _authenticate(self, form: dict[str, str], basic: tuple[str, str] | None) -> str:
-        body_id, body_secret = form.get("client_id"), form.get("client_secret")
-        if basic is not None:
-            # RFC 6749 §2.3: one authentication method per request. A client_id in the body
-            # alongside Basic is tolerated when it names the same client (some clients send it).
-            if body_secret is not None or body_id not in (None, basic[0]):
-                raise OAuthError("invalid_request", "more than one client authentication method")
-            client_id, secret = basic
-        elif body_id is not None and body_secret is not None:
-            client_id, secret = body_id, body_secret
-        else:
-            raise _invalid_client("client authentication required")
-        with self._lock:
-            expected = self._clients.get(client_id)
-        if expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
-            raise _invalid_client("client authentication failed")
-        return client_id
-
-    def _client_credentials(self, client_id: str, form: dict[str, str]) -> Response:
-        scope = _normalize_scope(form.get("scope", ""))
+    def _grant(self, form: dict[str, str], request: Request) -> Response:
+        client_id = self._client_of(form, request)
+        grant_type = _required(form, "grant_type")
+        handlers: dict[str, _GrantHandler] = {
+            "client_credentials": self._client_credentials,
+            "refresh_token": self._refresh_token,
+            "authorization_code": self._authorization_code,
+            "password": self._password,
+            DEVICE_CODE_GRANT: self._device_code,
+        }
+        handler = handlers.get(grant_type)
+        if handler is None:
+            raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is unsupported")
         ttl = self.access_token_ttl
-        with self._lock:
-            access = self._new_access(client_id, scope, secrets.token_hex(8), ttl)
-        return self._token_response(access, scope, ttl, refresh=None)
+        return self._token_response(handler(client_id, form, ttl), ttl)
 
-    def _refresh_token(self, client_id: str, form: dict[str, str]) -> Response:
-        presented = form.get("refresh_token")
-        if presented is None:
-            raise OAuthError("invalid_request", "refresh_token is required")
-        ttl = self.access_token_ttl
-        with self._lock:
-            grant = self._refresh.get(presented)
-            if grant is None or grant.client_id != client_id:
-                raise OAuthError("invalid_grant", "unknown refresh token")
-            if grant.family in self._revoked_families:
-                raise OAuthError("invalid_grant", "refresh token revoked")
-            if grant.used:
-                # A rotated-away token coming back means it leaked: kill everything it begat.
-                self._revoked_families.add(grant.family)
-                raise OAuthError("invalid_grant", "refresh token reused; grant revoked")
-            requested = form.get("scope")
-            scope = grant.scope if requested is None else _normalize_scope(requested)
-            if not set(scope.split()) <= set(grant.scope.split()):
-                raise OAuthError("invalid_scope", "scope exceeds the original grant")
-            access = self._new_access(client_id, scope, grant.family, ttl)
-            refresh = None
-            if self.rotate_refresh_tokens:
-                grant.used = True
-                # RFC 6749 §6: the new refresh token keeps the original scope.
-                refresh = self._new_refresh(client_id, grant.scope, grant.family)
-        return self._token_response(access, scope, ttl, refresh)
+    def _client_credentials(self, client_id: str, form: dict[str, str], ttl: float) -> Issued:
+        scope = normalize_scope(form.get("scope", ""))
+        return self._grants.client_credentials(client_id, scope, ttl)
 
-    def _token_response(self, access: str, scope: str, ttl: float, refresh: str | None) -> Response:
-        payload: dict[str, Any] = {"access_token": access, "token_type": "Bearer"}
+    def _refresh_token(self, client_id: str, form: dict[str, str], ttl: float) -> Issued:
+        presented = _required(form, "refresh_token")
+        rotate = self.rotate_refresh_tokens
+        return self._grants.refresh_grant(client_id, presented, form.get("scope"), ttl, rotate)
+
+    def _authorization_code(self, client_id: str, form: dict[str, str], ttl: float) -> Issued:
+        code, verifier = _required(form, "code"), form.get("code_verifier")
+        if verifier is not None and not valid_verifier(verifier):
+            raise OAuthError("invalid_request", "malformed code_verifier (RFC 7636 §4.1)")
+        redirect_uri = form.get("redirect_uri")
+        return self._grants.redeem_code(client_id, code, redirect_uri, verifier, ttl)
+
+    def _password(self, client_id: str, form: dict[str, str], ttl: float) -> Issued:
+        username, password = _required(form, "username"), _required(form, "password")
+        scope = normalize_scope(form.get("scope", ""))
+        return self._grants.password_grant(client_id, username, password, scope, ttl)
+
+    def _device_code(self, client_id: str, form: dict[str, str], ttl: float) -> Issued:
+        device_code = _required(form, "device_code")
+        return self._grants.poll_device(client_id, device_code, ttl, self.slow_down_step)
+
+    def _token_response(self, issued: Issued, ttl: float) -> Response:
+        payload: dict[str, Any] = {"access_token": issued.access, "token_type": "Bearer"}
         if self.include_expires_in:
             payload["expires_in"] = max(0, int(ttl))  # rounded down: never promise too much
-        if scope:
-            payload["scope"] = scope
-        if refresh is not None:
-            payload["refresh_token"] = refresh
-        return Response.of_json(200, payload, _NO_STORE)
+        if issued.scope:
+            payload["scope"] = issued.scope
+        if issued.refresh is not None:
+            payload["refresh_token"] = issued.refresh
+        return Response.of_json(200, payload, NO_STORE)
+
+    # Revocation (RFC 7009).
+
+    def _revoke(self, request: Request) -> Response:
+        try:
+            form = _read_form(request)
+            client_id = self._client_of(form, request)
+            # token_type_hint only speeds up a lookup (§2.1); both kinds are searched anyway.
+            self._grants.revoke(client_id, _required(form, "token"))
+        except OAuthError as error:
+            return error.response()
+        with self._lock:
+            self._revocations += 1
+        return Response(200, b"", dict(NO_STORE))
+
+    # The authorization endpoint (RFC 6749 §4.1.1): a sign-in form, answered by redirect.
+
+    def _authorize(self, request: Request) -> Response:
+        try:
+            pairs = _form_pairs(request) if request.method == "POST" else _query_pairs(request)
+            authz = parse_authorization_request(pairs, self._grants.client)
+        except OAuthError as error:
+            return pages.error_page(error.description)
+        except PageError as error:
+            return pages.error_page(str(error))
+        except RedirectError as error:
+            answer = {"error": error.error, "error_description": error.description}
+            return self._redirect(error.redirect_uri, answer, error.state)
+        form = dict(pairs)
+        # RFC 6749 §3.1 lets the request itself come by POST: without an answer, ask for one.
+        if request.method != "POST" or "decision" not in form:
+            return self._sign_in_page(authz)
+        return self._authorization_decision(authz, form)
+
+    def _sign_in_page(
+        self, authz: AuthorizationRequest, username: str = "", error: str | None = None
+    ) -> Response:
+        return pages.authorize_page(
+            authz.fields, client_id=authz.client_id, scope=authz.scope, username=username,
+            error=error,
+        )  # fmt: skip
+
+    def _authorization_decision(
+        self, authz: AuthorizationRequest, form: dict[str, str]
+    ) -> Response:
+        decision = form.get("decision")
+        if decision == "deny":
+            answer = {"error": "access_denied", "error_description": "the user said no"}
+            return self._redirect(authz.redirect_uri, answer, authz.state)
+        if decision != "approve":
+            return pages.error_page("choose approve or deny")
+        username = form.get("username", "")
+        if not self._grants.check_user(username, form.get("password", "")):
+            return self._sign_in_page(authz, username, WRONG_LOGIN)
+        code = self._grants.new_code(authz, username, self.code_ttl)
+        return self._redirect(authz.redirect_uri, {"code": code}, authz.state)
+
+    def _redirect(self, redirect_uri: str, answer: dict[str, str], state: str | None) -> Response:
+        # RFC 9207: `iss` tells a client that talks to several servers which one answered.
+        location = with_query(redirect_uri, {**answer, "state": state, "iss": self.url})
+        headers = {"Location": location, "Referrer-Policy": "no-referrer", **NO_STORE}
+        return Response(302, b"", headers)
+
+    # Device authorization (RFC 8628 §3.1 to §3.3).
+
+    def _device_authorization(self, request: Request) -> Response:
+        try:
+            form = _read_form(request)
+            client_id = self._client_of(form, request)
+        except OAuthError as error:
+            return error.response()
+        ttl, interval = self.device_code_ttl, self.device_interval
+        scope = normalize_scope(form.get("scope", ""))
+        device_code, user_code = self._grants.new_device(client_id, scope, ttl, interval)
+        payload = {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": self.device_url,
+            "verification_uri_complete": f"{self.device_url}?user_code={quote(user_code)}",
+            "expires_in": _json_number(ttl),
+            "interval": _json_number(
+                interval if self.advertised_interval is None else self.advertised_interval
+            ),
+        }
+        return Response.of_json(200, payload, NO_STORE)
+
+    def _device_verification(self, request: Request) -> Response:
+        if request.method != "POST":
+            prefill = next((v for k, v in _query_pairs(request) if k == "user_code"), "")
+            return pages.device_page(prefill)
+        try:
+            form = _read_form(request)
+        except OAuthError as error:
+            return pages.error_page(error.description)
+        typed, decision = form.get("user_code", ""), form.get("decision")
+        problem = self._grants.device_problem(typed)
+        if problem is None and decision not in ("approve", "deny"):
+            problem = "choose approve or deny"
+        if problem is not None:
+            return pages.error_page(problem)
+        username = form.get("username", "")
+        approve = decision == "approve"
+        if approve and not self._grants.check_user(username, form.get("password", "")):
+            return pages.device_page(typed, username=username, error=WRONG_LOGIN)
+        problem = self._grants.settle_device(typed, username if approve else None)
+        if problem is not None:  # answered from elsewhere meanwhile, or just expired
+            return pages.error_page(problem)
+        if approve:
+            return pages.message_page("Device approved", "You may return to your device.")
+        return pages.message_page("Device denied", "The device was not given access.")

@@ -88,8 +88,8 @@ class _OAuthGrant:
             self._endpoints = endpoints_for(self.cfg, self.verify)
         return self._endpoints
 
-    def session(self, client: Any = None, **kwargs: Any) -> OAuth2Session:
-        scope = list(self.cfg.scopes) or None
+    def session(self, client: Any = None, *, scoped: bool = True, **kwargs: Any) -> OAuth2Session:
+        scope = (list(self.cfg.scopes) or None) if scoped else None
         session = OAuth2Session(
             client=client or BackendApplicationClient(self.cfg.client_id, scope=scope),
             scope=scope,
@@ -171,7 +171,9 @@ class _OAuthGrant:
             extra["client_id"] = self.cfg.client_id
         token = self.call(
             "refresh_token request",
-            self.session().refresh_token,
+            # No scope: a refresh keeps the granted scopes (RFC 6749 §6), which may be fewer
+            # than those asked for.
+            self.session(scoped=False).refresh_token,
             refresh_token=refresh_token,
             auth=auth,
             **extra,
@@ -243,7 +245,8 @@ class PasswordGrant(_OAuthGrant):
                 if not e.terminal:
                     raise
         auth, extra = self.client_auth()
-        session = self.session(client=LegacyApplicationClient(self.cfg.client_id))
+        scope = list(self.cfg.scopes) or None
+        session = self.session(client=LegacyApplicationClient(self.cfg.client_id, scope=scope))
         return self.call(
             "password token request",
             session.fetch_token,

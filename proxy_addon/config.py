@@ -279,7 +279,7 @@ class _Reader:
     def with_defaults(self, defaults: Mapping[str, Any]) -> _Reader:
         """This mapping over a preset's values; keys the preset brings are never 'unknown'."""
         merged = _Reader({**defaults, **self.data}, self.source, self.path, self.env)
-        merged._seen |= set(defaults) - set(self.data)
+        merged._seen |= self._seen | (set(defaults) - set(self.data))
         return merged
 
     def section(self, name: str) -> _Reader:

@@ -7,11 +7,14 @@ import dataclasses
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from .cache import CredentialCache
 from .config import Config, ConfigError, CredentialConfig
 from .status import CredentialView
+from .store import StoreError
 
 __all__ = ["register"]
 
@@ -52,22 +55,36 @@ def _credential(config: Config, name: str) -> CredentialConfig:
     return config.credentials[name]
 
 
-def _cmd_login(args: argparse.Namespace) -> int:
-    from .grants import make_grant
-    from .login import LoginError, login
+@contextmanager
+def _opened(args: argparse.Namespace) -> Iterator[CredentialCache]:
+    """The named credential's cache (its grant, its store), closed afterwards."""
     from .runtime import Runtime
 
     _, config = args.load(args)
-    cred = _credential(config, args.name)
-    runtime = Runtime.build(config)
+    _credential(config, args.name)
+    # No up-front decryption check: logout must work on a row the key can no longer read.
+    runtime = Runtime.build(config, check_store=False)
     try:
-        grant = make_grant(cred, runtime.ca_bundle or True)
-        token = login(grant, runtime.store, no_browser=args.no_browser, timeout=args.timeout)  # type: ignore[arg-type]
-    except LoginError as e:
-        print(f"authproxy: login {args.name}: {e}", file=sys.stderr)
-        return 1
+        yield runtime.caches[args.name]
     finally:
         runtime.close()
+
+
+def _cmd_login(args: argparse.Namespace) -> int:
+    from .login import LoginError, login
+
+    with _opened(args) as cache:
+        if cache.store is None:
+            print(f"{args.name}: a static token needs no sign-in")
+            return 0
+        try:
+            token = login(
+                cache.grant,  # type: ignore[arg-type]
+                cache.store, no_browser=args.no_browser, timeout=args.timeout,
+            )  # fmt: skip
+        except LoginError as e:
+            print(f"authproxy: login {args.name}: {e}", file=sys.stderr)
+            return 1
     scopes = " ".join(token.scope) or "(none given)"
     print(
         f"Signed in: {args.name} now has a token (scopes: {scopes}); a running proxy uses it "
@@ -77,24 +94,23 @@ def _cmd_login(args: argparse.Namespace) -> int:
 
 
 def _cmd_logout(args: argparse.Namespace) -> int:
-    from .grants import make_grant
     from .login import revoke
-    from .runtime import Runtime
 
-    _, config = args.load(args)
-    cred = _credential(config, args.name)
-    runtime = Runtime.build(config)
-    try:
-        record = runtime.store.get(args.name)
+    with _opened(args) as cache:
+        if cache.store is None:
+            print(f"{args.name}: a static token is in the config, not in the store")
+            return 0
+        try:
+            record = cache.store.get(args.name)
+        except StoreError as e:
+            cache.store.delete(args.name)
+            print(f"{args.name}: stored tokens deleted without revoking them ({e})")
+            return 0
         if record is None:
             print(f"{args.name}: no stored tokens")
             return 0
-        note = ""
-        if cred.grant != "static":
-            note = revoke(make_grant(cred, runtime.ca_bundle or True), record.token)  # type: ignore[arg-type]
-        runtime.store.delete(args.name)
-    finally:
-        runtime.close()
+        note = revoke(cache.grant, record.token)  # type: ignore[arg-type]
+        cache.store.delete(args.name)
     print(f"{args.name}: stored tokens deleted; {note}")
     return 0
 
@@ -103,18 +119,13 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
     import asyncio
 
     from .cache import TokenUnavailable
-    from .runtime import Runtime
 
-    _, config = args.load(args)
-    _credential(config, args.name)
-    runtime = Runtime.build(config)
-    try:
-        token = asyncio.run(runtime.caches[args.name].force_refresh())
-    except TokenUnavailable as e:
-        print(f"authproxy: refresh {args.name}: {e}", file=sys.stderr)
-        return 1
-    finally:
-        runtime.close()
+    with _opened(args) as cache:
+        try:
+            token = asyncio.run(cache.force_refresh())
+        except TokenUnavailable as e:
+            print(f"authproxy: refresh {args.name}: {e}", file=sys.stderr)
+            return 1
     print(f"{args.name}: refreshed; expires in {token.expires_at - time.time():.0f}s")
     return 0
 

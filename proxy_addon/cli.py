@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import token_commands
+from . import token_commands, wrap
 from .config import Config, ConfigError, config_path, load_config
 from .store import StoreError
 
@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     token_commands.register(sub, _load)
+    wrap.register(sub, _load)
 
     rotate = sub.add_parser(
         "rotate-key", help="re-encrypt the token store under a new key (old key kept readable)"

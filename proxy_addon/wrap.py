@@ -1,0 +1,769 @@
+"""`authproxy env` and `authproxy exec`: point other programs at the proxy.
+
+`env` prints shell lines that set the proxy variables and a CA bundle trusting the system's CAs,
+the proxy's CA and the config's private CAs, in the spelling each common tool reads (curl, wget,
+git, Python requests/httpie, Node, the AWS SDKs). `exec` runs one command with that environment,
+through the configured proxy if it is listening, else through a temporary proxy of its own that
+it stops afterwards.
+
+The files the environment points at are written next to mitmproxy's CA in its confdir:
+`authproxy-ca-bundle.pem`, `authproxy-extra-ca.pem` (the proxy CA and the private CAs, for
+NODE_EXTRA_CA_CERTS), `authproxy-wgetrc` (wget 1.21 ignores SSL_CERT_FILE) and
+`authproxy-node-proxy.cjs` (Node before 22.21 ignores HTTP(S)_PROXY; see `NODE_PRELOAD`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import re
+import shlex
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import quote
+
+from .config import Config
+
+__all__ = ["SHELLS", "WrapError", "environment", "prepare_files", "register", "render"]
+
+SHELLS = ("sh", "fish", "powershell")
+NO_PROXY = "localhost,127.0.0.1,::1"
+MITMPROXY_CA = "mitmproxy-ca-cert.pem"
+BUNDLE = "authproxy-ca-bundle.pem"
+EXTRA_CA = "authproxy-extra-ca.pem"
+WGETRC = "authproxy-wgetrc"
+NODE_PRELOAD = "authproxy-node-proxy.cjs"
+# The variables that hold the CA bundle: OpenSSL (Python's ssl, Ruby, ...), requests and httpie,
+# curl, git, the AWS CLI and SDKs.
+BUNDLE_VARIABLES = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "AWS_CA_BUNDLE",
+)
+_START_TIMEOUT = 30.0
+_STOP_TIMEOUT = 10.0
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.S)
+
+
+class WrapError(Exception):
+    """`env` or `exec` cannot go on; str() says why and what to do."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --- the environment ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Files:
+    """What the environment points at, all in mitmproxy's confdir."""
+
+    proxy_ca: Path
+    bundle: Path
+    extra_ca: Path
+    wgetrc: Path
+    node_preload: Path
+
+
+def mitmproxy_confdir(config: Config) -> Path:
+    return config.confdir or Path("~/.mitmproxy").expanduser()
+
+
+def client_host(listen_host: str) -> str:
+    """Where a client on this machine reaches a proxy listening on `listen_host`."""
+    if listen_host in ("", "0.0.0.0"):  # noqa: S104 (a comparison, not a bind)
+        return "127.0.0.1"
+    if listen_host == "::":
+        return "::1"
+    return listen_host
+
+
+def proxy_url(config: Config, host: str, port: int) -> str:
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if config.proxy_auth:
+        user, _, password = config.proxy_auth.partition(":")
+        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{netloc}"
+    return f"http://{netloc}"
+
+
+def prepare_files(config: Config) -> Files:
+    """Write (or refresh) the bundle, wgetrc and Node preload; needs the proxy's CA."""
+    confdir = mitmproxy_confdir(config)
+    proxy_ca = confdir / MITMPROXY_CA
+    if not proxy_ca.is_file():
+        raise WrapError(
+            f"no proxy CA at {proxy_ca}: mitmproxy creates it when the proxy first starts; "
+            "run `authproxy run` once (or use `authproxy exec`)"
+        )
+    files = Files(
+        proxy_ca, confdir / BUNDLE, confdir / EXTRA_CA, confdir / WGETRC, confdir / NODE_PRELOAD
+    )
+    own_ca = proxy_ca.read_bytes()
+    private = [(str(p), p.read_bytes()) for p in config.ca_certs]
+    system = _system_cafile(confdir)
+    parts = [(f"system CAs ({system})", system.read_bytes())] if system else []
+    parts += [(f"private CA {name} (ca_certs)", data) for name, data in private]
+    parts.append((f"the proxy's CA ({proxy_ca})", own_ca))
+    _write_if_changed(files.bundle, _pem_bundle(parts))
+    _write_if_changed(
+        files.extra_ca,
+        _pem_bundle([(f"the proxy's CA ({proxy_ca})", own_ca)] + [(n, d) for n, d in private]),
+    )
+    if "\n" in str(files.bundle):
+        raise WrapError(f"{files.bundle}: wget cannot read a path with a line break")
+    wgetrc = (
+        "# Written by authproxy: wget reads this through $WGETRC, as it does not read\n"
+        "# SSL_CERT_FILE. While WGETRC is set, wget does not read ~/.wgetrc.\n"
+        f"ca_certificate = {files.bundle}\n"
+    )
+    _write_if_changed(files.wgetrc, wgetrc.encode())
+    _write_if_changed(files.node_preload, NODE_PRELOAD_SOURCE.encode())
+    return files
+
+
+def environment(
+    config: Config, host: str, port: int, files: Files, current: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """The variables to set, in a stable order. `current` supplies NODE_OPTIONS to extend."""
+    url = proxy_url(config, host, port)
+    env = {
+        "HTTP_PROXY": url,
+        "HTTPS_PROXY": url,
+        "http_proxy": url,
+        "https_proxy": url,
+        "NO_PROXY": NO_PROXY,
+        "no_proxy": NO_PROXY,
+    }
+    env.update(dict.fromkeys(BUNDLE_VARIABLES, str(files.bundle)))
+    env["NODE_EXTRA_CA_CERTS"] = str(files.extra_ca)
+    env["WGETRC"] = str(files.wgetrc)
+    # Node >= 22.21 / 24.5 honours HTTP(S)_PROXY itself under this; older Node gets the preload.
+    env["NODE_USE_ENV_PROXY"] = "1"
+    env["NODE_OPTIONS"] = _node_options(current.get("NODE_OPTIONS", ""), files.node_preload)
+    return env
+
+
+def render(env: Mapping[str, str], shell: str) -> str:
+    if shell == "sh":
+        head = '# eval "$(authproxy env)"'
+        lines = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    elif shell == "fish":
+        head = "# authproxy env --shell fish | source"
+        lines = [f"set -gx {k} {_fish_quote(v)}" for k, v in env.items()]
+    elif shell == "powershell":
+        head = "# authproxy env --shell powershell | Out-String | Invoke-Expression"
+        lines = [f"$env:{k} = {_powershell_quote(v)}" for k, v in env.items()]
+    else:
+        raise ValueError(f"unknown shell {shell!r}")
+    return "\n".join([head, *lines]) + "\n"
+
+
+def _fish_quote(value: str) -> str:
+    # In fish's single quotes only \\ and \' are escapes.
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _powershell_quote(value: str) -> str:
+    # PowerShell takes the typographic single quotes as quotes too; doubling escapes each.
+    return "'" + re.sub("(['\u2018\u2019\u201a\u201b])", r"\1\1", value) + "'"
+
+
+def _node_options(existing: str, preload: Path) -> str:
+    if str(preload) in existing:
+        return existing
+    path = str(preload)
+    if re.search(r'[\s"\\]', path):
+        path = '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        option = f"--require {path}"
+    else:
+        option = f"--require={path}"
+    return f"{option} {existing}".strip()
+
+
+def _system_cafile(confdir: Path) -> Path | None:
+    """The system's CA file; never one of ours (SSL_CERT_FILE may already point at it)."""
+    paths = ssl.get_default_verify_paths()
+    candidates = [
+        paths.cafile,
+        paths.openssl_cafile,
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/cert.pem",
+    ]
+    for candidate in candidates:
+        if not candidate:
+            continue
+        path = Path(candidate)
+        if path.name in (BUNDLE, EXTRA_CA) or not path.is_file():
+            continue
+        return path
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return Path(certifi.where())
+
+
+def _pem_bundle(parts: Sequence[tuple[str, bytes]]) -> bytes:
+    """The certificates of each part under a comment naming it, each certificate once."""
+    seen: set[bytes] = set()
+    out = [b"# Written by authproxy: the CAs that clients of the proxy trust.\n"]
+    for label, data in parts:
+        certs = []
+        for match in _PEM_CERT.finditer(data):
+            cert = match.group(0).replace(b"\r\n", b"\n")
+            if cert not in seen:
+                seen.add(cert)
+                certs.append(cert + b"\n")
+        if certs:
+            out.append(f"\n# {label}\n".encode(errors="replace"))
+            out += certs
+    return b"".join(out)
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == data:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Replaced in one step, so a client starting meanwhile never reads half a bundle.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# --- the commands -------------------------------------------------------------------------------
+
+
+Loader = Callable[[argparse.Namespace], tuple[Path, Config]]
+
+
+def register(sub: argparse._SubParsersAction, load: Loader) -> None:  # type: ignore[type-arg]
+    """Add `env` and `exec` to the `authproxy` command's subcommands."""
+    env = sub.add_parser(
+        "env",
+        help="print shell commands that point programs at the proxy",
+        description="Print shell commands that set HTTP(S)_PROXY and a CA bundle trusting the "
+        'proxy (for curl, wget, git, Python, Node, ...). Use: eval "$(authproxy env)"; '
+        "authproxy env --shell fish | source; authproxy env --shell powershell | Out-String | "
+        "Invoke-Expression.",
+    )
+    env.add_argument("--shell", choices=SHELLS, default="sh", help="output syntax (sh)")
+    env.set_defaults(func=functools.partial(_cmd_env, load=load))
+
+    run = sub.add_parser(
+        "exec",
+        help="run a command through the proxy (starting one for it if none is running)",
+        description="Run CMD with the environment of `authproxy env`. If the configured proxy "
+        "is not listening, a temporary one is started for the command and stopped after it. "
+        "Exits with CMD's status (128+N if a signal N ended it).",
+    )
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="[--] CMD [ARG ...]")
+    run.set_defaults(func=functools.partial(_cmd_exec, load=load))
+
+
+def _cmd_env(args: argparse.Namespace, load: Loader) -> int:
+    _, config = load(args)
+    try:
+        files = prepare_files(config)
+    except WrapError as e:
+        print(f"authproxy: {e}", file=sys.stderr)
+        return e.exit_code
+    host = client_host(config.listen_host)
+    sys.stdout.write(render(environment(config, host, config.listen_port, files), args.shell))
+    return 0
+
+
+def _cmd_exec(args: argparse.Namespace, load: Loader) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        print("authproxy exec: a command to run is required", file=sys.stderr)
+        return 2
+    path, config = load(args)
+    try:
+        with _Signals() as signals:
+            return _exec(path, config, command, signals)
+    except WrapError as e:
+        print(f"authproxy: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def _exec(path: Path, config: Config, command: list[str], signals: _Signals) -> int:
+    host = client_host(config.listen_host)
+    if _listening(host, config.listen_port):
+        try:
+            files = prepare_files(config)
+        except WrapError as e:
+            raise WrapError(
+                f"something listens on {host}:{config.listen_port}, but {e}", exit_code=2
+            ) from None
+        return _run_command(command, environment(config, host, config.listen_port, files), signals)
+
+    with tempfile.TemporaryFile() as log:
+        proxy, port = _start_proxy(path, log, signals)
+        try:
+            ca = mitmproxy_confdir(config) / MITMPROXY_CA
+            interrupted = _await_proxy(proxy, port, ca, signals)
+            if interrupted is not None:
+                return 128 + interrupted
+            files = prepare_files(config)
+            return _run_command(command, environment(config, "127.0.0.1", port, files), signals)
+        except _StartFailed as e:
+            _stop(proxy)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise WrapError(f"the temporary proxy did not start: {e}", exit_code=2) from None
+        finally:
+            _stop(proxy)
+
+
+class _StartFailed(Exception):
+    pass
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
+
+
+def _start_proxy(
+    path: Path, log: IO[bytes], signals: _Signals
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    argv = [
+        sys.executable, "-m", "proxy_addon", "--config", str(path),
+        "run", "-q", "--listen", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    parent = os.getpid()
+
+    def setup() -> None:  # in the child, between fork and exec (exec has no other threads)
+        signals.child_setup()
+        # Should exec die without cleaning up (SIGKILL), the proxy goes too (Linux).
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    posix = os.name == "posix"
+    proxy = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        # Its own session: a Ctrl-C on the terminal is for the command, not for the proxy.
+        start_new_session=posix,
+        preexec_fn=setup if posix else None,
+    )
+    return proxy, port
+
+
+def _await_proxy(
+    proxy: subprocess.Popen[bytes], port: int, ca: Path, signals: _Signals
+) -> int | None:
+    """Until the proxy listens and has its CA; a signal number if one came first."""
+    deadline = time.monotonic() + _START_TIMEOUT
+    while True:
+        if proxy.poll() is not None:
+            raise _StartFailed(f"it exited with status {proxy.returncode}")
+        if ca.is_file() and _listening("127.0.0.1", port):
+            return None
+        if time.monotonic() > deadline:
+            raise _StartFailed(f"it did not listen on 127.0.0.1:{port} within {_START_TIMEOUT:g}s")
+        got = signals.wait(0.05)  # the pause between polls, cut short by a signal
+        if got is not None and got[0] in _FORWARDED:
+            return got[0]
+
+
+def _stop(proxy: subprocess.Popen[bytes]) -> None:
+    if proxy.poll() is None:
+        proxy.terminate()
+        try:
+            proxy.wait(timeout=_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait()
+
+
+def _run_command(command: list[str], env_vars: Mapping[str, str], signals: _Signals) -> int:
+    env = {**os.environ, **env_vars}
+    try:
+        child = subprocess.Popen(
+            command, env=env, preexec_fn=signals.child_setup if signals.blocking else None
+        )
+    except FileNotFoundError:
+        print(f"authproxy exec: {command[0]}: command not found", file=sys.stderr)
+        return 127
+    except OSError as e:
+        print(f"authproxy exec: {command[0]}: {e.strerror or e}", file=sys.stderr)
+        return 126
+    while (code := child.poll()) is None:
+        got = signals.wait(1.0)  # SIGCHLD ends the wait as soon as the command exits
+        if got is None or got[0] not in _FORWARDED:
+            continue
+        signum, from_terminal = got
+        # The terminal signals its whole foreground process group, the command included:
+        # passing that on again would make it see one Ctrl-C twice.
+        if not from_terminal:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+    return 128 - code if code < 0 else code
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- signals ------------------------------------------------------------------------------------
+
+_FORWARDED = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+_SI_KERNEL = 0x80  # si_code of a signal the kernel sent, e.g. the terminal's Ctrl-C
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()
+
+
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP (and SIGCHLD) as events exec waits for, from start to end.
+
+    Where the platform has sigtimedwait (Linux) they are blocked and collected with the sender's
+    si_code, so a signal arriving at any moment is neither lost nor runs a handler midway; the
+    children get the original mask back (`child_setup`). Elsewhere, handlers queue them.
+    """
+
+    def __init__(self) -> None:
+        self.blocking = hasattr(signal, "sigtimedwait") and hasattr(signal, "SIGCHLD")
+        self._watched = set(_FORWARDED)
+        self._pending: list[int] = []
+        self._handlers: dict[int, object] = {}
+        self._mask: set[signal.Signals] = set()
+        self._chld: object = None
+
+    def __enter__(self) -> _Signals:
+        if hasattr(signal, "SIGCHLD"):
+            # An ignored SIGCHLD (inherited) would reap the command before we read its status.
+            self._chld = signal.getsignal(signal.SIGCHLD)
+            if self._chld == signal.SIG_IGN:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if self.blocking:
+            self._watched.add(signal.SIGCHLD)
+            self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._watched)
+        else:
+            for signum in _FORWARDED:
+                self._handlers[signum] = signal.signal(signum, self._queue)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.blocking:
+            while signal.sigtimedwait(self._watched, 0) is not None:
+                pass  # drained: nothing left to fire when unblocked
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
+        else:
+            for signum, handler in self._handlers.items():
+                signal.signal(signum, handler)  # type: ignore[arg-type]
+        if self._chld == signal.SIG_IGN:
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+    def child_setup(self) -> None:
+        """In a child between fork and exec: the signal mask exec found."""
+        if self.blocking:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
+
+    def wait(self, timeout: float) -> tuple[int, bool] | None:
+        """The next signal (number, sent by the kernel?), or None after `timeout` seconds."""
+        if self.blocking:
+            info = signal.sigtimedwait(self._watched, timeout)
+            return None if info is None else (info.si_signo, info.si_code == _SI_KERNEL)
+        deadline = time.monotonic() + timeout
+        while not self._pending and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return (self._pending.pop(0), False) if self._pending else None
+
+    def _queue(self, signum: int, frame: object) -> None:
+        self._pending.append(signum)
+
+
+# --- Node ---------------------------------------------------------------------------------------
+
+# Loaded into every Node process through NODE_OPTIONS=--require. Node before 22.21 (and 23.x,
+# 24.0-24.4) ignores HTTP(S)_PROXY; this sends the http and https modules' connections and
+# fetch() through the proxy, as CONNECT tunnels, with Node's built-in modules only:
+# - http(s).Agent.prototype.createConnection opens a tunnel when the proxy variables apply, and
+#   the https Agent runs TLS over it as usual, so custom Agents (keepAlive, ...) work too;
+# - fetch() is undici, bundled in Node and not importable: its default global dispatcher is an
+#   Agent created the first time undici loads (the first fetch(), or the first use of Request,
+#   Headers, ...). A getter on the global dispatcher symbol notices that moment and puts an Agent
+#   of the same class, with a `connect` function that tunnels, in place of the default. Nothing
+#   is loaded at startup, and a dispatcher the program sets itself is left alone.
+# Where Node does all this itself (NODE_USE_ENV_PROXY=1 on 22.21+ and 24.5+) it does nothing.
+NODE_PRELOAD_SOURCE = r"""'use strict';
+// Written by authproxy (`authproxy env`, `authproxy exec`); loaded with NODE_OPTIONS=--require.
+// Sends http/https and fetch() through HTTPS_PROXY / HTTP_PROXY on Node versions that ignore them.
+(() => {
+  const MARK = Symbol.for('authproxy.node-proxy');
+  if (globalThis[MARK]) return;
+  globalThis[MARK] = true;
+  const [major, minor] = process.versions.node.split('.').map(Number);
+  const builtin = major >= 25 || (major === 24 && minor >= 5) || (major === 22 && minor >= 21);
+  if (builtin && process.env.NODE_USE_ENV_PROXY === '1') return;
+
+  const net = require('net');
+  const tls = require('tls');
+  const http = require('http');
+  const https = require('https');
+
+  const bare = (host) =>
+    String(host || '').toLowerCase().replace(/^\[(.*)\]$/, '$1').replace(/\.$/, '');
+  const once = (fn) => {
+    let called = false;
+    return (...args) => {
+      if (!called) {
+        called = true;
+        fn(...args);
+      }
+    };
+  };
+
+  function bypassed(host, port) {
+    const list = process.env.no_proxy ?? process.env.NO_PROXY ?? '';
+    for (const item of list.split(/[\s,]+/)) {
+      if (!item) continue;
+      if (item === '*') return true;
+      let name = item.toLowerCase();
+      let itemPort = 0;
+      const bracketed = /^\[([^\]]+)\](?::(\d+))?$/.exec(name);
+      if (bracketed) {
+        name = bracketed[1];
+        itemPort = Number(bracketed[2] || 0);
+      } else if (name.split(':').length === 2) {
+        itemPort = Number(name.split(':')[1]) || 0;
+        name = name.split(':')[0];
+      }
+      if (itemPort && itemPort !== port) continue;
+      name = name.replace(/^\*?\./, '').replace(/\.$/, '');
+      if (host === name || (!net.isIP(host) && host.endsWith(`.${name}`))) return true;
+    }
+    return false;
+  }
+
+  // The proxy URL for a connection to host:port, or null for a direct one.
+  function proxyFor(protocol, host, port) {
+    const raw = protocol === 'https:'
+      ? process.env.https_proxy || process.env.HTTPS_PROXY
+      : process.env.http_proxy || process.env.HTTP_PROXY;
+    if (!raw) return null;
+    let url;
+    try {
+      url = new URL(raw.includes('://') ? raw : `http://${raw}`);
+    } catch {
+      return null;
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') return null;
+    const name = bare(host);
+    port = Number(port);
+    const proxyPort = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
+    if (name === bare(url.hostname) && port === proxyPort) return null; // the proxy itself
+    return bypassed(name, port) ? null : url;
+  }
+
+  // A socket to host:port through the proxy (HTTP CONNECT); callback(error, socket).
+  function tunnel(proxy, host, port, callback) {
+    const done = once(callback);
+    const proxyHost = bare(proxy.hostname);
+    const proxyPort = Number(proxy.port) || (proxy.protocol === 'https:' ? 443 : 80);
+    const socket = proxy.protocol === 'https:'
+      ? tls.connect({
+        host: proxyHost,
+        port: proxyPort,
+        servername: net.isIP(proxyHost) ? undefined : proxyHost,
+        ALPNProtocols: ['http/1.1'],
+      })
+      : net.connect({ host: proxyHost, port: proxyPort });
+    const name = bare(host);
+    const target = net.isIPv6(name) ? `[${name}]:${port}` : `${name}:${port}`;
+    let request = `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n`;
+    if (proxy.username || proxy.password) {
+      const user = decodeURIComponent(proxy.username);
+      const credentials = `${user}:${decodeURIComponent(proxy.password)}`;
+      request += `Proxy-Authorization: Basic ${Buffer.from(credentials).toString('base64')}\r\n`;
+    }
+    socket.write(`${request}\r\n`);
+    let head = Buffer.alloc(0);
+    const cleanup = () => {
+      socket.removeListener('readable', onReadable);
+      socket.removeListener('error', onError);
+      socket.removeListener('end', onEnd);
+    };
+    const fail = (error) => {
+      cleanup();
+      socket.destroy();
+      done(Object.assign(error, { code: error.code || 'ERR_PROXY_TUNNEL' }));
+    };
+    const onError = (error) => fail(error);
+    const where = `authproxy: proxy ${proxyHost}:${proxyPort}`;
+    const onEnd = () => fail(new Error(`${where} closed the connection during CONNECT ${target}`));
+    function onReadable() {
+      let chunk;
+      while ((chunk = socket.read()) !== null) {
+        head = Buffer.concat([head, chunk]);
+        const end = head.indexOf('\r\n\r\n');
+        if (end === -1) {
+          if (head.length > 65536) return fail(new Error('authproxy: oversized CONNECT response'));
+          continue;
+        }
+        const statusLine = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
+        if (!/^HTTP\/1\.[01] 200(?: |$)/.test(statusLine)) {
+          return fail(new Error(`${where} refused CONNECT ${target}: ${statusLine}`));
+        }
+        cleanup();
+        const rest = head.subarray(end + 4);
+        if (rest.length) socket.unshift(rest);
+        return done(null, socket);
+      }
+    }
+    socket.on('readable', onReadable);
+    socket.on('error', onError);
+    socket.on('end', onEnd);
+  }
+
+  // Where an Agent's connection to `options` goes: [proxy URL or null, host, port].
+  function route(protocol, options, callback) {
+    if (!options || typeof options !== 'object' || typeof callback !== 'function') return [null];
+    if (options.socketPath) return [null];
+    const host = options.host || options.hostname || 'localhost';
+    const port = Number(options.port) || (protocol === 'https:' ? 443 : 80);
+    return [proxyFor(protocol, host, port), host, port];
+  }
+
+  const httpsCreate = https.Agent.prototype.createConnection;
+  https.Agent.prototype.createConnection = function createConnection(options, callback) {
+    const [proxy, host, port] = route('https:', options, callback);
+    if (!proxy) return httpsCreate.apply(this, arguments);
+    tunnel(proxy, host, port, (error, socket) => {
+      if (error) return callback(error);
+      let secure;
+      try {
+        secure = httpsCreate.call(this, { ...options, socket });
+      } catch (e) {
+        socket.destroy();
+        return callback(e);
+      }
+      return callback(null, secure);
+    });
+    return undefined;
+  };
+
+  const httpCreate = http.Agent.prototype.createConnection;
+  http.Agent.prototype.createConnection = function createConnection(options, callback) {
+    const [proxy, host, port] = route('http:', options, callback);
+    if (!proxy) return httpCreate.apply(this, arguments);
+    tunnel(proxy, host, port, callback);
+    return undefined;
+  };
+
+  // undici's `connect` option: connect(options, callback(error, socket)).
+  function connector(options, callback) {
+    const done = once(callback);
+    const secure = options.protocol === 'https:';
+    const host = bare(options.hostname);
+    const port = Number(options.port) || (secure ? 443 : 80);
+    const onSocket = (error, socket) => {
+      if (error) return done(error);
+      if (!secure) return done(null, socket);
+      const servername = options.servername || (net.isIP(host) ? undefined : host);
+      const tlsSocket = tls.connect({ socket, host, servername, ALPNProtocols: ['http/1.1'] });
+      tlsSocket.once('secureConnect', () => {
+        tlsSocket.removeListener('error', done);
+        done(null, tlsSocket);
+      });
+      tlsSocket.once('error', done);
+      return undefined;
+    };
+    const proxy = proxyFor(options.protocol, host, port);
+    if (proxy) return tunnel(proxy, host, port, onSocket);
+    const socket = net.connect({ host, port });
+    socket.once('connect', () => {
+      socket.removeListener('error', done);
+      onSocket(null, socket);
+    });
+    socket.once('error', done);
+    return undefined;
+  }
+
+  const DISPATCHER = Symbol.for('undici.globalDispatcher.1');
+  if (typeof globalThis.fetch === 'function' && !(DISPATCHER in globalThis)) {
+    Object.defineProperty(globalThis, DISPATCHER, {
+      configurable: true,
+      enumerable: false,
+      get() {
+        // undici is loading and asks whether a dispatcher is set; it defines its default Agent
+        // next. Let it, but as an Agent of the same class that connects through the proxy.
+        delete globalThis[DISPATCHER];
+        const define = Object.defineProperty;
+        Object.defineProperty = function defineProperty(target, key, descriptor) {
+          if (target === globalThis && key === DISPATCHER) {
+            Object.defineProperty = define;
+            const agent = descriptor && descriptor.value;
+            const Agent = agent && typeof agent.dispatch === 'function' && agent.constructor;
+            if (typeof Agent === 'function') {
+              try {
+                descriptor = { ...descriptor, value: new Agent({ connect: connector }) };
+              } catch {
+                // not an undici Agent after all: keep it
+              }
+            }
+          }
+          return define(target, key, descriptor);
+        };
+        return undefined;
+      },
+      set(value) {
+        delete globalThis[DISPATCHER];
+        globalThis[DISPATCHER] = value;
+      },
+    });
+  }
+})();
+"""

@@ -21,9 +21,10 @@ from mitmproxy.addons.clientplayback import ReplayHandler
 from proxy_addon import replies
 from proxy_addon.audit import AuditLog, strip_query_values
 from proxy_addon.cache import CredentialCache, TokenUnavailable
-from proxy_addon.config import ConfigError, _is_loopback, load_config
+from proxy_addon.config import ConfigError, load_config
+from proxy_addon.guards import request_refusal, unsafe_options
 from proxy_addon.metrics import Metrics
-from proxy_addon.redact import redacted_authorization
+from proxy_addon.redact import redacted_authorization, redacted_token, scrub_echoes
 from proxy_addon.retry import retry_decision
 from proxy_addon.routes import Route
 from proxy_addon.runtime import Runtime
@@ -60,6 +61,8 @@ class AuthProxy:
         self.audit: AuditLog | None = None
         # Called with each flow once its token is redacted (the web UI adds it to its view then).
         self.on_redacted: Callable[[http.HTTPFlow], None] | None = None
+        # Whether the web UI shows a flow already (a replay started from it).
+        self.visible: Callable[[http.HTTPFlow], bool] | None = None
 
     # --- options ----------------------------------------------------------------------------
 
@@ -80,26 +83,11 @@ class AuthProxy:
             self._open_audit()
         if self.runtime is None or not self.runtime.config.credentials:
             return
-        opts = ctx.options
-        if opts.proxy_debug:
-            raise exceptions.OptionsError(
-                "proxy_debug logs raw wire bytes, tokens included; it is refused while "
-                "authproxy has credentials configured"
-            )
-        if opts.ssl_insecure:
-            raise exceptions.OptionsError(
-                "ssl_insecure turns off certificate checks, so a token could go to an impostor; "
-                "trust a private CA with ca_certs in the authproxy config instead"
-            )
-        if not _is_loopback(opts.listen_host) and not opts.proxyauth:
-            raise exceptions.OptionsError(
-                f"listening on {opts.listen_host or 'all interfaces'!s} would let other machines "
-                "use these credentials; listen on 127.0.0.1 (--set listen_host=127.0.0.1) or "
-                "require proxy authentication (proxyauth)"
-            )
+        if problem := unsafe_options(ctx.options):
+            raise exceptions.OptionsError(problem)
         bundle = self.runtime.ca_bundle
-        if bundle and opts.ssl_verify_upstream_trusted_ca != bundle:
-            opts.update(ssl_verify_upstream_trusted_ca=bundle)
+        if bundle and ctx.options.ssl_verify_upstream_trusted_ca != bundle:
+            ctx.options.update(ssl_verify_upstream_trusted_ca=bundle)
 
     def _load(self, path: str | None) -> None:
         runtime = None
@@ -173,6 +161,9 @@ class AuthProxy:
             ):
                 self._refuse(flow, refused, replies.plain_http_refused(refused))
             return
+        if refusal := request_refusal(flow, route):
+            self._refuse(flow, route, refusal)
+            return
         retry_of = flow.metadata.get(META, {}).get("retry_of")
         if "authorization" in req.headers and retry_of is None:
             if route.existing_authorization == "keep":
@@ -188,6 +179,17 @@ class AuthProxy:
             logger.warning("%s %s: no token for %s: %s", req.method, req.host, e.credential, e)
             self.metrics.inc("token_failures", route.credential)
             self._refuse(flow, route, replies.token_unavailable(e))
+            return
+        except Exception:  # fail closed: never forward a routed request without its token
+            logger.exception("credential %s: unexpected error getting a token", route.credential)
+            self.metrics.inc("token_failures", route.credential)
+            unexpected = TokenUnavailable(route.credential, "internal_error", "see the proxy log")
+            self._refuse(flow, route, replies.token_unavailable(unexpected))
+            return
+        if retry_of is None and self.visible is not None and self.visible(flow):
+            # A flow the web UI already shows (replayed from it): the live token goes into an
+            # unseen copy, and this flow only gets the copy's answer.
+            flow.response = await self._send_copy(flow, route, {"replay_of": flow.id})
             return
         req.headers["authorization"] = f"{token.token_type} {token.access_token}"
         self._injected[flow] = Injection(
@@ -209,7 +211,8 @@ class AuthProxy:
         if response.status_code != 502:
             self.metrics.inc("refused", route.credential)
         self._answer(flow, response)
-        self._audit(flow, route, error=response.headers.get(replies.ERROR_HEADER))
+        flow.metadata.setdefault(META, {})["error"] = response.headers.get(replies.ERROR_HEADER)
+        self._audit(flow, route)
 
     async def _status(self, path: str) -> http.Response:
         views = await self.credential_views()
@@ -246,6 +249,9 @@ class AuthProxy:
         inj = self._injected.get(flow)
         if inj is None or flow.response is None:
             return
+        # Only the proxy speaks with this header; an API's would be taken for ours.
+        flow.response.headers.pop(replies.ERROR_HEADER, None)
+        scrub_echoes(flow.response, inj.token, redacted_token(inj.route.credential, inj.token))
         try:
             retry, why = retry_decision(
                 status=flow.response.status_code,
@@ -277,23 +283,29 @@ class AuthProxy:
         except TokenUnavailable as e:
             self.metrics.inc("token_failures", inj.route.credential)
             flow.response = replies.token_unavailable(e)
+            flow.metadata[META]["error"] = "token_unavailable"
             return
         self.metrics.inc("retried", inj.route.credential)
-        replay = flow.copy()
-        replay.is_replay = "request"
-        replay.response = None
-        replay.error = None
-        replay.metadata[META] = {**flow.metadata.get(META, {}), "retry_of": flow.id}
-        # mitmproxy's own upstream machinery (connection, TLS, verification); the replay runs
-        # through every addon again, ours included, which injects the new token.
-        await ReplayHandler(replay, ctx.options).replay()
         flow.metadata[META]["retried"] = True
-        if replay.response is not None:
-            flow.response = replay.response
-        else:
-            flow.response = replies.retry_failed(
-                inj.route, replay.error.msg if replay.error else "no response"
-            )
+        flow.response = await self._send_copy(flow, inj.route, {"retry_of": flow.id})
+
+    async def _send_copy(
+        self, flow: http.HTTPFlow, route: Route, marker: dict[str, str]
+    ) -> http.Response:
+        """Send a copy of the request through mitmproxy's own upstream machinery (connection,
+        TLS, certificate checks) and return its answer. The copy runs through every addon
+        again, ours included, which injects the current token into it."""
+        copy = flow.copy()
+        copy.is_replay = "request"
+        copy.response = None
+        copy.error = None
+        copy.request.headers.pop("authorization", None)  # never carry an old token along
+        copy.metadata[META] = {**flow.metadata.get(META, {}), **marker}
+        copy.metadata[META].pop("retried", None)
+        await ReplayHandler(copy, ctx.options).replay()
+        if copy.response is not None:
+            return copy.response
+        return replies.retry_failed(route, copy.error.msg if copy.error else "no response")
 
     def error(self, flow: http.HTTPFlow) -> None:
         inj = self._injected.get(flow)
@@ -310,14 +322,7 @@ class AuthProxy:
             if self.on_redacted is not None:
                 self.on_redacted(flow)
 
-    def _audit(
-        self,
-        flow: http.HTTPFlow,
-        route: Route,
-        *,
-        refreshed: bool = False,
-        error: str | None = None,
-    ) -> None:
+    def _audit(self, flow: http.HTTPFlow, route: Route, *, refreshed: bool = False) -> None:
         if self.audit is None:
             return
         req, resp = flow.request, flow.response
@@ -330,8 +335,7 @@ class AuthProxy:
             host=req.host,
             path=strip_query_values(req.path),
             status=resp.status_code if resp else None,
-            error=error
-            or (resp.headers.get(replies.ERROR_HEADER) if resp else None)
+            error=flow.metadata.get(META, {}).get("error")
             or (flow.error.msg if flow.error else None),
             refreshed=refreshed or retried,
             retried=retried,

@@ -141,6 +141,11 @@ class CredentialCache:
                 return self._failed(e, tok)
             except (StoreError, TimeoutError) as e:
                 return self._failed(GrantError("store_error", str(e), terminal=False), tok)
+            except Exception as e:  # a bug or an unmapped fault: back off, never storm
+                logger.exception("credential %s: unexpected error while refreshing", self.name)
+                error = GrantError("internal_error", f"{type(e).__name__} (see the proxy log)",
+                                   terminal=False)  # fmt: skip
+                return self._failed(error, tok)
             self._adopt(record)
             return record.token
 

@@ -326,7 +326,7 @@ def parse_config(
     proxy_auth = top.str("proxy_auth")
     if proxy_auth is not None and ":" not in proxy_auth:
         raise top.error("proxy_auth", "expected 'user:password'")
-    if not _is_loopback(listen_host) and not proxy_auth:
+    if not is_loopback(listen_host) and not proxy_auth:
         raise top.error(
             "listen",
             f"{listen_host!r} is reachable from other machines; set proxy_auth: 'user:password' "
@@ -368,7 +368,7 @@ def _path_resolver(base_dir: Path | None) -> Callable[[str], Path]:
     return resolve
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -520,6 +520,7 @@ def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> 
         if not path.startswith("/"):
             raise r.error("path", f"expected a path prefix starting with '/', got {path!r}")
         existing = r.choice("existing_authorization", EXISTING_AUTH, "replace")
+        allow_cross_site = r.bool("allow_cross_site", False)
         r.done()
         routes.append(
             Route(
@@ -530,6 +531,7 @@ def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> 
                 scheme=scheme,
                 path=path,
                 existing_authorization=existing,  # type: ignore[arg-type]
+                allow_cross_site=allow_cross_site,
             )
         )
     return RouteTable(tuple(routes))

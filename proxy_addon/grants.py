@@ -96,6 +96,7 @@ class _OAuthGrant:
             **kwargs,
         )
         session.trust_env = False  # never via HTTP(S)_PROXY: that may be us
+        session.max_redirects = 0  # a redirect would re-post the secrets in the body elsewhere
         for hook in ("access_token_response", "refresh_token_response"):
             session.register_compliance_hook(hook, _check_status)
         return session
@@ -134,7 +135,8 @@ class _OAuthGrant:
             ) from None
         except OAuth2Error as e:
             code = e.error or "oauth_error"
-            desc = f": {e.description}" if e.description else ""
+            # The IdP's own words, shortened: they reach clients in the 502 body.
+            desc = f": {_clip(str(e.description))}" if e.description else ""
             raise GrantError(
                 code, f"{what} refused by the IdP: {code}{desc}", terminal=code in TERMINAL_ERRORS
             ) from None
@@ -154,6 +156,19 @@ class _OAuthGrant:
         except requests.ConnectionError as e:
             raise GrantError(
                 "idp_unreachable", f"{what}: cannot reach the IdP ({_short(e)})", terminal=False
+            ) from None
+        except requests.TooManyRedirects:
+            raise GrantError(
+                "idp_redirected",
+                f"{what}: the token endpoint redirected; set token_url to "
+                "where it points (secrets are never re-sent to a redirect)",
+                terminal=True,
+            ) from None
+        except requests.RequestException as e:
+            raise GrantError(
+                "idp_unavailable",
+                f"{what}: {type(e).__name__} talking to the IdP",
+                terminal=False,
             ) from None
         except (ValueError, KeyError, TypeError) as e:
             # oauthlib could not read the answer (not JSON, no access_token, ...).
@@ -307,5 +322,8 @@ def _to_token(raw: Mapping[str, Any], obtained_at: float, default_lifetime: floa
 
 def _short(e: BaseException) -> str:
     """An exception's gist without the URL-laden chains requests produces."""
-    text = str(e.args[0] if e.args else e)
+    return _clip(str(e.args[0] if e.args else e))
+
+
+def _clip(text: str) -> str:
     return text if len(text) < 160 else text[:157] + "..."

@@ -249,6 +249,7 @@ def device_flow(
         body["scope"] = " ".join(cfg.scopes)
     with requests.Session() as http:
         http.trust_env = False
+        http.max_redirects = 0
         r = _post(http, grant, url, body, auth)
         if r.status_code != 200:
             raise LoginError(f"the device authorization request failed: {_error_text(r)}")
@@ -353,6 +354,7 @@ def revoke(grant: _OAuthGrant, token: Token) -> str:
     pairs = [(token.refresh_token, "refresh_token"), (token.access_token, "access_token")]
     with requests.Session() as http:
         http.trust_env = False
+        http.max_redirects = 0
         for value, hint in pairs:
             if not value:
                 continue

@@ -73,3 +73,7 @@ def retry_failed(route: Route, reason: str) -> http.Response:
             "message": f"the API rejected the token; re-sending with a new one failed: {reason}",
         },
     )
+
+
+def refusal(status: int, code: str, route: Route, message: str) -> http.Response:
+    return _reply(status, code, {"credential": route.credential, "message": message})

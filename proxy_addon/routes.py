@@ -79,6 +79,16 @@ def normalize_path(path: str) -> str:
     return "/" + "/".join(out) + trailing if out else "/"
 
 
+def strict_path(path: str) -> str:
+    """The path as a lenient server may read it: %2F, %5C and backslashes as separators,
+    `;params` dropped, `#` not special. A prefix route must match this reading too."""
+    path = path.split("?", 1)[0]
+    for encoded in ("%2f", "%2F", "%5c", "%5C", "\\"):
+        path = path.replace(encoded, "/")
+    segments = [seg.split(";", 1)[0] for seg in path.replace("#", "%23").split("/")]
+    return normalize_path("/".join(segments))
+
+
 def path_matches(prefix: str, path: str) -> bool:
     """Prefix match on segment boundaries: `/v1` matches `/v1` and `/v1/x`, not `/v10`."""
     if prefix == "/" or path == prefix:
@@ -96,6 +106,7 @@ class Route:
     scheme: Literal["https", "http"]
     path: str = "/"
     existing_authorization: Literal["replace", "keep", "reject"] = "replace"
+    allow_cross_site: bool = False  # may browsers on other sites' pages use this credential?
 
     def matches_host(self, host: str, port: int) -> bool:
         return self.port == port and host_matches(self.host, host)
@@ -117,9 +128,14 @@ class RouteTable:
         return len(self.routes)
 
     def match(self, scheme: str, host: str, port: int, path: str) -> Route | None:
-        h, p = _host(host), normalize_path(path)
+        h, p, strict = _host(host), normalize_path(path), strict_path(path)
         for r in self.routes:
-            if r.scheme == scheme and r.matches_host(h, port) and path_matches(r.path, p):
+            if (
+                r.scheme == scheme
+                and r.matches_host(h, port)
+                and path_matches(r.path, p)
+                and path_matches(r.path, strict)
+            ):
                 return r
         return None
 

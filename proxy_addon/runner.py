@@ -86,24 +86,31 @@ async def _serve(ro: RunOptions) -> int:
 def _dump_master(opts: options.Options, authproxy: AuthProxy, quiet: bool) -> master.Master:
     m = master.Master(opts, with_termlog=False)
     m.addons.add(termlog.TermLog())
-    m.addons.add(authproxy)  # first: it redacts before save, savehar and dumper see a flow
     m.addons.add(*addons.default_addons())
     if not quiet:
         m.addons.add(dumper.Dumper())
     m.addons.add(errorcheck.ErrorCheck())
+    _place(m, authproxy)
     return m
 
 
+def _place(m: master.Master, authproxy: AuthProxy) -> None:
+    """Right after proxy authentication (no token work for clients that fail it), and before
+    everything that saves, shows or rewrites flows (save, savehar, dumper, map_remote, ...)."""
+    m.addons.add(authproxy)
+    chain = m.addons.chain
+    chain.remove(authproxy)
+    chain.insert(chain.index(m.addons.get("proxyauth")) + 1, authproxy)
+
+
 def _web_master(opts: options.Options, authproxy: AuthProxy) -> master.Master:
-    """mitmweb, with our addon moved to the front of its chain, and flows kept out of the UI's
-    view while they carry a live token (mitmweb pushes every change of a flow in its view to the
-    browser, so an in-flight request would show its token)."""
+    """mitmweb, with flows kept out of the UI's view while they carry a live token (mitmweb
+    pushes every change of a flow in its view to the browser, so an in-flight request would
+    show its token). Replays started from the UI send an unseen copy (AuthProxy.visible)."""
     from mitmproxy.tools.web.master import WebMaster
 
     m = WebMaster(opts, with_termlog=True)
-    m.addons.add(authproxy)
-    m.addons.chain.remove(authproxy)
-    m.addons.chain.insert(0, authproxy)
+    _place(m, authproxy)
     view = m.view
     add_to_view = view.requestheaders
 
@@ -113,4 +120,5 @@ def _web_master(opts: options.Options, authproxy: AuthProxy) -> master.Master:
 
     view.requestheaders = requestheaders  # type: ignore[method-assign]
     authproxy.on_redacted = lambda flow: view.add([flow])
+    authproxy.visible = lambda flow: view.get_by_id(flow.id) is not None
     return m

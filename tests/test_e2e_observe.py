@@ -210,3 +210,39 @@ def test_web_ui_in_headless_chromium_shows_no_token(tmp_path, pki, idp, api) -> 
         proxy.stop()
     assert secrets_in([page], [*_issued(idp), CLIENT_SECRET]) == []
     assert shot.stat().st_size > 0
+
+
+def test_replay_from_the_web_ui_never_shows_a_token(tmp_path, pki, idp, api) -> None:
+    proxy, web_port, password = _start_web(tmp_path, pki, _config(idp, api))
+    base = f"http://127.0.0.1:{web_port}"
+    web = requests.Session()
+    web.trust_env = False
+    web.headers["Authorization"] = f"Bearer {password}"
+    try:
+        assert proxy.session().get(f"https://api.example.test:{api.port}/x", timeout=30).ok
+        (flow,) = [f for f in web.get(f"{base}/flows", timeout=30).json()
+                   if f["request"]["host"] == "api.example.test"]  # fmt: skip
+        xsrf = "f" * 32  # mitmweb (tornado) wants the same token in a cookie and a header
+        web.cookies.set("_mitmproxy_xsrf", xsrf, domain="127.0.0.1", path="/")
+        arrived, release = threading.Event(), threading.Event()
+        handle = api.handle
+
+        def held(request):  # type: ignore[no-untyped-def]
+            arrived.set()
+            assert release.wait(30)
+            return handle(request)
+
+        api.handle = held  # type: ignore[method-assign]
+        r = web.post(f"{base}/flows/{flow['id']}/replay", headers={"X-XSRFToken": xsrf},
+                     timeout=30)  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert arrived.wait(30)
+        in_flight = [web.get(f"{base}/flows", timeout=30).content,
+                     web.get(f"{base}/flows/dump", timeout=30).content]  # fmt: skip
+        release.set()
+        assert api.wait_for_requests(2, 30)
+    finally:
+        release.set()
+        proxy.stop()
+    assert [e["authorized"] for e in api.requests_log] == [True, True]  # the replay worked
+    assert secrets_in(in_flight, [*_issued(idp), CLIENT_SECRET]) == []

@@ -102,10 +102,18 @@ def test_decision_uses_connect_target_not_host_header(start_proxy, idp, api, pki
     )  # fmt: skip
     assert c.returncode == 0, c.stderr
     assert json.loads(c.stdout) == {"error": "invalid_token"}
-    # CONNECT to the routed host with another Host header: the token goes to the routed host.
+    # CONNECT to the routed host naming another in Host (domain fronting through a shared
+    # front end): refused, since that front end would route by Host.
     c = proxy.curl(f"https://api.example.test:{api.port}/y", "-H", "Host: other.test")
-    assert json.loads(c.stdout)["host_header"] == "other.test"
-    assert [e["authorized"] for e in api.requests_log] == [False, True]
+    assert json.loads(c.stdout)["error"] == "misdirected_request"
+    # The same with the TLS server name (SNI) naming another host, and Host the routed one.
+    c = proxy.curl(
+        "--connect-to", f"other.test:{api.port}:api.example.test:{api.port}",
+        f"https://other.test:{api.port}/z", "-H", f"Host: api.example.test:{api.port}",
+    )  # fmt: skip
+    assert json.loads(c.stdout)["error"] == "misdirected_request", c.stdout + c.stderr
+    assert "TLS server name" in json.loads(c.stdout)["message"]
+    assert [e["authorized"] for e in api.requests_log] == [False]
 
 
 def test_plain_http_is_refused_unless_allowed(start_proxy, idp, http_api) -> None:
@@ -433,3 +441,48 @@ def test_non_loopback_listen_requires_proxy_auth(start_proxy, idp, api) -> None:
     authed = f"http://ops:pw-{'q' * 12}@127.0.0.1:{proxy.port}"
     s.proxies = {"http": authed, "https": authed}
     assert s.get(url, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "method", "path", "status", "code"),
+    [
+        ({}, "TRACE", "/v1", 405, "method_refused"),
+        ({"Sec-Fetch-Site": "cross-site"}, "GET", "/v1", 403, "cross_site_refused"),
+        ({}, "GET", "/v1/..;/admin", 401, None),  # outside /v1 as a lenient server reads it
+        ({}, "GET", "/v1/..%2fadmin", 401, None),
+    ],
+)  # fmt: skip
+def test_requests_that_must_not_get_a_token(
+    start_proxy, idp, api, headers, method, path, status, code
+) -> None:
+    proxy = start_proxy(
+        {"credentials": {"api": cc_credential(idp.token_url)},
+         "routes": [route("api.example.test", api.port, path="/v1")]}
+    )  # fmt: skip
+    r = proxy.session().request(
+        method, f"https://api.example.test:{api.port}{path}", headers=headers, timeout=30
+    )
+    assert r.status_code == status
+    if code:
+        assert r.json()["error"] == code
+    assert not any(e["authorized"] for e in api.requests_log)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("mode=regular@0.0.0.0:0", "listening on 0.0.0.0 would let other machines use"),
+        ("proxyauth=any", "listening on"),
+        ("map_remote=|example|other", "map_remote changes where a request goes"),
+        ("stickyauth=.", "stickyauth copies Authorization headers"),
+        ("ssl_insecure=true", "ssl_insecure turns off certificate checks"),
+    ],
+)
+def test_options_that_would_leak_are_refused(tmp_path, idp, api, pki, option, message) -> None:
+    proxy = Proxy(tmp_path, {**basic_config(idp, api), "ca_certs": [str(pki.ca_cert)]})
+    args = ["--set", option]
+    if option.startswith("proxyauth"):
+        args += ["--listen", f"0.0.0.0:{proxy.port}"]
+    with pytest.raises(AssertionError, match="proxy did not start"):
+        proxy.start(*args)
+    assert message in proxy.output()

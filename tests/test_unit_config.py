@@ -476,7 +476,7 @@ def test_loopback_listen_accepted(listen: str, host: str, port: int) -> None:
 @pytest.mark.parametrize(
     ("listen", "host"),
     [
-        ("0.0.0.0:8080", "0.0.0.0"),  # noqa: S104 -- the address being refused
+        ("0.0.0.0:8080", "0.0.0.0"),
         ("192.168.1.5:8080", "192.168.1.5"),
         ("[::]:8080", "::"),
         ("proxy.lan:8080", "proxy.lan"),
@@ -491,7 +491,7 @@ def test_non_loopback_listen_needs_proxy_auth(listen: str, host: str) -> None:
 
 @pytest.mark.parametrize(
     ("listen", "host", "port"),
-    [("0.0.0.0:8080", "0.0.0.0", 8080), ("[::]:3128", "::", 3128)],  # noqa: S104
+    [("0.0.0.0:8080", "0.0.0.0", 8080), ("[::]:3128", "::", 3128)],
 )
 def test_non_loopback_listen_with_proxy_auth(listen: str, host: str, port: int) -> None:
     cfg = parse({"listen": listen, "proxy_auth": "ops:${PW}"}, {"PW": "pw"})

@@ -140,9 +140,11 @@ def _parse(entries: Iterable[tuple[int, str]], source: str, unit: str) -> Keyrin
 def _refuse_beside_db(key_file: Path, db_path: Path | None) -> None:
     if db_path is None:
         return
-    if key_file.resolve().parent == db_path.resolve().parent:
+    state_dir = db_path.resolve().parent
+    if state_dir == key_file.resolve().parent or state_dir in key_file.resolve().parents:
         raise KeySourceError(
             f"the key file {key_file} is in the same directory as the token store {db_path}, "
+            "or below it, "
             "so anyone who copies that directory can decrypt the tokens. Move the key file "
             f"to another directory (and point the config at it), or set {ENV_VAR}"
         )

@@ -1,0 +1,106 @@
+"""The guards around injection, echo scrubbing and strict path reading."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from mitmproxy import http
+from mitmproxy.test import tflow
+
+from proxy_addon.guards import request_refusal, unsafe_options
+from proxy_addon.redact import scrub_echoes
+from proxy_addon.routes import Route, strict_path
+from proxy_addon.tokens import Token
+
+ROUTE = Route(index=0, credential="api", host="api.example.com", port=443, scheme="https")
+
+
+def _flow(host_header: str | None = "api.example.com", sni: str | None = "api.example.com",
+          method: str = "GET", **headers: str) -> http.HTTPFlow:  # fmt: skip
+    f = tflow.tflow()
+    f.request.scheme, f.request.host, f.request.port = "https", "api.example.com", 443
+    f.request.method = method
+    f.request.headers.clear()
+    if host_header is not None:
+        f.request.headers["Host"] = host_header
+    for k, v in headers.items():
+        f.request.headers[k.replace("_", "-")] = v
+    f.client_conn.sni = sni
+    return f
+
+
+@pytest.mark.parametrize(
+    ("flow_args", "code"),
+    [
+        ({}, None),
+        ({"host_header": "API.Example.com.:443"}, None),
+        ({"sni": None}, None),
+        ({"host_header": "other.example.com"}, "misdirected_request"),
+        ({"host_header": "api.example.com.evil.test"}, "misdirected_request"),
+        ({"sni": "other.example.com"}, "misdirected_request"),
+        ({"method": "TRACE"}, "method_refused"),
+        ({"Sec_Fetch_Site": "cross-site"}, "cross_site_refused"),
+        ({"Sec_Fetch_Site": "same-site"}, "cross_site_refused"),
+        ({"Sec_Fetch_Site": "none"}, None),
+    ],
+)
+def test_request_refusal(flow_args: dict, code: str | None) -> None:
+    answer = request_refusal(_flow(**flow_args), ROUTE)
+    assert (answer.headers["X-Authproxy-Error"] if answer else None) == code
+
+
+def test_cross_site_allowed_by_route() -> None:
+    route = Route(0, "api", "api.example.com", 443, "https", allow_cross_site=True)
+    assert request_refusal(_flow(Sec_Fetch_Site="cross-site"), route) is None
+
+
+def _opts(**over: object) -> SimpleNamespace:
+    base = dict(proxy_debug=False, ssl_insecure=False, map_remote=[], stickyauth=None,
+                proxyauth=None, mode=["regular"], listen_host="127.0.0.1")  # fmt: skip
+    return SimpleNamespace(**{**base, **over})
+
+
+@pytest.mark.parametrize(
+    ("over", "expected"),
+    [
+        ({}, None),
+        ({"listen_host": ""}, "listening on all interfaces"),
+        ({"listen_host": "0.0.0.0", "proxyauth": "u:p"}, None),
+        ({"listen_host": "0.0.0.0", "proxyauth": "any"}, "listening on 0.0.0.0"),
+        ({"mode": ["regular@0.0.0.0:8080"]}, "listening on 0.0.0.0"),
+        ({"mode": ["socks5@127.0.0.1:1080"]}, None),
+        ({"web_host": "0.0.0.0", "proxyauth": "u:p"}, "the web UI can replay"),
+        ({"map_remote": ["|a|b"]}, "map_remote"),
+        ({"stickyauth": "."}, "stickyauth"),
+    ],
+)
+def test_unsafe_options(over: dict, expected: str | None) -> None:
+    problem = unsafe_options(_opts(**over))
+    assert (problem is None) if expected is None else (expected in (problem or ""))
+
+
+def test_scrub_echoes_body_and_headers() -> None:
+    token = Token("tok-" + "a" * 30, expires_at=1e12, obtained_at=0)
+    resp = http.Response.make(200, f'{{"auth": "Bearer {token.access_token}"}}',
+                              {"X-Echo": f"Bearer {token.access_token}"})  # fmt: skip
+    scrub_echoes(resp, token, "<redacted>")
+    assert token.access_token not in resp.text
+    assert resp.headers["X-Echo"] == "Bearer <redacted>"
+    assert "<redacted>" in resp.text
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v1/..;/admin", "/admin"),
+        ("/v1/..%2fadmin", "/admin"),
+        ("/v1/%2e%2e%2Fadmin", "/admin"),
+        ("/v1/x\\..\\..\\admin", "/admin"),
+        ("/v1#/../../admin", "/admin"),
+        ("/v1/a;jsessionid=1/b?x=/../", "/v1/a/b"),
+        ("/v1/items", "/v1/items"),
+    ],
+)
+def test_strict_path(path: str, expected: str) -> None:
+    assert strict_path(path) == expected

@@ -115,6 +115,21 @@ def test_audit_log_records_calls_without_secrets(start_proxy, idp, api, pki, tmp
 # --- mitmweb -------------------------------------------------------------------------------------
 
 
+def _hold_answers(api: ApiServer) -> tuple[threading.Event, threading.Event]:
+    """Make the API hold each answer: `arrived` is set when a request is in, and it answers
+    once `release` is set."""
+    arrived, release = threading.Event(), threading.Event()
+    handle = api.handle
+
+    def held(request):  # type: ignore[no-untyped-def]
+        arrived.set()
+        assert release.wait(30)
+        return handle(request)
+
+    api.handle = held  # type: ignore[method-assign]
+    return arrived, release
+
+
 def _start_web(tmp_path: Path, pki: Pki, config: dict) -> tuple[Proxy, int, str]:
     web_port, password = free_port(), "web-" + "p" * 20
     proxy = Proxy(tmp_path, {**config, "ca_certs": [str(pki.ca_cert)],
@@ -130,16 +145,7 @@ def test_web_ui_never_holds_a_token_even_in_flight(tmp_path, pki, idp, api) -> N
     web.headers["Authorization"] = f"Bearer {password}"
     flows_url = f"http://127.0.0.1:{web_port}/flows"
     try:
-        # Hold the API's answer until the test has looked at the UI.
-        arrived, release = threading.Event(), threading.Event()
-        handle = api.handle
-
-        def held(request):  # type: ignore[no-untyped-def]
-            arrived.set()
-            assert release.wait(30)
-            return handle(request)
-
-        api.handle = held  # type: ignore[method-assign]
+        arrived, release = _hold_answers(api)  # until the test has looked at the UI
         result: list[int] = []
         t = threading.Thread(
             target=lambda: result.append(
@@ -218,21 +224,14 @@ def test_replay_from_the_web_ui_never_shows_a_token(tmp_path, pki, idp, api) -> 
     web = requests.Session()
     web.trust_env = False
     web.headers["Authorization"] = f"Bearer {password}"
+    release = threading.Event()
     try:
         assert proxy.session().get(f"https://api.example.test:{api.port}/x", timeout=30).ok
         (flow,) = [f for f in web.get(f"{base}/flows", timeout=30).json()
                    if f["request"]["host"] == "api.example.test"]  # fmt: skip
         xsrf = "f" * 32  # mitmweb (tornado) wants the same token in a cookie and a header
         web.cookies.set("_mitmproxy_xsrf", xsrf, domain="127.0.0.1", path="/")
-        arrived, release = threading.Event(), threading.Event()
-        handle = api.handle
-
-        def held(request):  # type: ignore[no-untyped-def]
-            arrived.set()
-            assert release.wait(30)
-            return handle(request)
-
-        api.handle = held  # type: ignore[method-assign]
+        arrived, release = _hold_answers(api)
         r = web.post(f"{base}/flows/{flow['id']}/replay", headers={"X-XSRFToken": xsrf},
                      timeout=30)  # fmt: skip
         assert r.status_code == 200, r.text

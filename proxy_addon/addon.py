@@ -7,6 +7,7 @@ authproxy_config=FILE`. Imports are absolute because mitmproxy loads a script by
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import weakref
@@ -118,6 +119,9 @@ class AuthProxy:
             except OSError as e:
                 raise exceptions.OptionsError(f"cannot open the audit log {path}: {e}") from None
 
+    def _secrets(self) -> list[str]:
+        return self.runtime.config.secrets() if self.runtime else []
+
     def carries_token(self, flow: http.HTTPFlow) -> bool:
         """Whether the flow holds a live, unredacted token right now."""
         return flow in self._injected
@@ -178,7 +182,7 @@ class AuthProxy:
         except TokenUnavailable as e:
             logger.warning("%s %s: no token for %s: %s", req.method, req.host, e.credential, e)
             self.metrics.inc("token_failures", route.credential)
-            self._refuse(flow, route, replies.token_unavailable(e))
+            self._refuse(flow, route, replies.token_unavailable(e, self._secrets()))
             return
         except Exception:  # fail closed: never forward a routed request without its token
             logger.exception("credential %s: unexpected error getting a token", route.credential)
@@ -238,9 +242,16 @@ class AuthProxy:
         except StoreError:
             records = {}
         now = time.time()
-        return [
+        views = [
             describe(cfg, records.get(name), now, rt.caches[name].status())  # type: ignore[arg-type]
             for name, cfg in rt.config.credentials.items()
+        ]
+        secrets = self._secrets()
+        return [
+            dataclasses.replace(v, last_error=replies.scrub(v.last_error, secrets))
+            if v.last_error
+            else v
+            for v in views
         ]
 
     # --- responses --------------------------------------------------------------------------
@@ -282,7 +293,7 @@ class AuthProxy:
             await inj.cache.replace_rejected(inj.token)
         except TokenUnavailable as e:
             self.metrics.inc("token_failures", inj.route.credential)
-            flow.response = replies.token_unavailable(e)
+            flow.response = replies.token_unavailable(e, self._secrets())
             flow.metadata[META]["error"] = "token_unavailable"
             return
         self.metrics.inc("retried", inj.route.credential)

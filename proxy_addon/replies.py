@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from mitmproxy import http
@@ -29,15 +30,23 @@ def _reply(
     return http.Response.make(status, json.dumps(payload, indent=1) + "\n", headers)
 
 
-def token_unavailable(e: TokenUnavailable) -> http.Response:
+def token_unavailable(e: TokenUnavailable, secrets: Sequence[str] = ()) -> http.Response:
+    """`secrets` are scrubbed from the message, which quotes the IdP's own words."""
     extra = {}
-    body: dict[str, Any] = {"credential": e.credential, "reason": e.code, "message": str(e)}
+    message = scrub(str(e), secrets)
+    body: dict[str, Any] = {"credential": e.credential, "reason": e.code, "message": message}
     if e.retry_after is not None:
         body["retry_after"] = round(e.retry_after, 1)
         extra["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
     if e.code in ("needs_login", "invalid_grant"):
         body["hint"] = f"run: authproxy login {e.credential}"
     return _reply(502, "token_unavailable", body, extra)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "<redacted>")
+    return text
 
 
 def plain_http_refused(route: Route) -> http.Response:

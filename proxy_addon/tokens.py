@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Token", "fingerprint", "is_usable", "needs_refresh"]
@@ -50,12 +50,6 @@ class Token:
             scope=tuple(data.get("scope") or ()),
             seed_id=data.get("seed_id"),
         )
-
-    def with_refresh_token_kept(self, previous: Token | None) -> Token:
-        """A refresh response may omit the refresh token (RFC 6749 §6): keep the one we had."""
-        if self.refresh_token or previous is None or not previous.refresh_token:
-            return self
-        return replace(self, refresh_token=previous.refresh_token)
 
 
 def fingerprint(secret: str) -> str:

@@ -104,3 +104,14 @@ def test_scrub_echoes_body_and_headers() -> None:
 )
 def test_strict_path(path: str, expected: str) -> None:
     assert strict_path(path) == expected
+
+
+def test_token_unavailable_scrubs_configured_secrets() -> None:
+    from proxy_addon.cache import TokenUnavailable
+    from proxy_addon.replies import token_unavailable
+
+    e = TokenUnavailable("api", "invalid_client", "refused: client_secret s3cr3t-v4lue is wrong")
+    resp = token_unavailable(e, ["s3cr3t-v4lue"])
+    assert "s3cr3t-v4lue" not in resp.text
+    assert resp.headers["X-Authproxy-Error"] == "token_unavailable"
+    assert '"reason": "invalid_client"' in resp.text

@@ -92,29 +92,6 @@ def test_token_is_frozen() -> None:
         tok.access_token = "x"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(
-    ("new_rt", "previous_rt", "expected"),
-    [
-        ("rt-new", "rt-old", "rt-new"),  # rotated: the new one wins
-        (None, "rt-old", "rt-old"),  # omitted: keep the one we had
-        (None, None, None),
-    ],
-)
-def test_with_refresh_token_kept(
-    new_rt: str | None, previous_rt: str | None, expected: str | None
-) -> None:
-    new = make(refresh_token=new_rt, access_token="new")
-    previous = make(refresh_token=previous_rt, access_token="old")
-    kept = new.with_refresh_token_kept(previous)
-    assert kept.refresh_token == expected
-    assert kept.access_token == "new"
-
-
-def test_with_refresh_token_kept_without_previous() -> None:
-    new = make(refresh_token=None)
-    assert new.with_refresh_token_kept(None) is new
-
-
 # --- needs_refresh / is_usable -------------------------------------------------------------------
 
 

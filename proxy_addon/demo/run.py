@@ -128,5 +128,3 @@ def run_demo(*, once: bool) -> int:
         api.stop()
         idp.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-

@@ -320,8 +320,11 @@ def test_static_token(start_proxy, api, idp) -> None:
 
 
 def test_no_secret_in_flow_files_logs_or_output(start_proxy, idp, api, tmp_path: Path) -> None:
-    flows = tmp_path / "flows.mitm"
-    proxy = start_proxy(basic_config(idp, api), "-w", str(flows), "--set", "flow_detail=4")
+    flows, har = tmp_path / "flows.mitm", tmp_path / "flows.har"
+    proxy = start_proxy(
+        basic_config(idp, api), "-w", str(flows), "--set", "flow_detail=4",
+        "--set", f"hardump={har}",
+    )  # fmt: skip
     s = proxy.session()
     url = f"https://api.example.test:{api.port}/v1"
     assert s.get(url, timeout=30).status_code == 200
@@ -331,10 +334,11 @@ def test_no_secret_in_flow_files_logs_or_output(start_proxy, idp, api, tmp_path:
     fps = issued_tokens(idp, api)
     assert len(fps) == 2
     secrets = [CLIENT_SECRET, *_issued_access_tokens(idp)]
-    data = flows.read_bytes()
-    assert data
-    assert secrets_in([data, proxy.output()], secrets) == []
+    data, har_data = flows.read_bytes(), har.read_bytes()
+    assert data and har_data
+    assert secrets_in([data, har_data, proxy.output()], secrets) == []
     assert b"<redacted:api:" in data
+    assert b"<redacted:api:" in har_data
     assert "<redacted:api:" in proxy.output()  # flow_detail=4 prints request headers
 
 

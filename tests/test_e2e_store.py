@@ -141,3 +141,31 @@ def test_401_storm_across_processes_makes_one_refresh(start_proxy, idp, api) -> 
     assert statuses == [200] * 30
     assert idp.token_requests == 2
     assert all(e["status"] == 200 for e in idp.requests_log)
+
+
+def test_rotate_key_keeps_every_token_readable(start_proxy, idp, api, tmp_path: Path) -> None:
+    from harness import run_cli
+
+    config = {"credentials": {"api": cc_credential(idp.token_url)},
+              "routes": [route("api.example.test", api.port)]}  # fmt: skip
+    url = f"https://api.example.test:{api.port}/"
+    first = start_proxy(config)
+    assert first.session().get(url, timeout=30).ok
+    first.stop()
+    key_file = tmp_path / "keys" / "store.key"
+    old_key = key_file.read_text().strip()
+
+    r = run_cli("--config", str(first.config_path), "rotate-key")
+    assert r.returncode == 0, r.stderr
+    assert "re-encrypted 1 credential(s)" in r.stdout
+    keys = [k for k in key_file.read_text().splitlines() if k and not k.startswith("#")]
+    assert len(keys) == 2 and keys[1] == old_key  # newest first, the old one still there
+
+    second = start_proxy(config, name="after-rotation")
+    assert second.session().get(url, timeout=30).ok
+    assert idp.token_requests == 1  # the rotated row was read, no new token needed
+    second.stop()
+    # Rows are under the new key now: the new key alone reads them.
+    only_new = start_proxy(config, name="new-key-only", env={"AUTHPROXY_KEY": keys[0]})
+    assert only_new.session().get(url, timeout=30).ok
+    assert idp.token_requests == 1

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet, MultiFernet
+from support.store_writer import numbered_token
 
 from proxy_addon.store.base import RecordMeta, StoreError, VersionConflict
 from proxy_addon.store.keys import ENV_VAR, Keyring, KeySourceError, add_key, load_keys
@@ -100,17 +101,6 @@ def numbered(token: Token) -> int:
     assert token.seed_id == f"seed-{n}"
     return n
 
-
-def numbered_token(n: int) -> Token:
-    """The helper's token number n (as in tests/support/store_writer.py)."""
-    return Token(
-        access_token=f"at-{n}",
-        expires_at=float(n),
-        obtained_at=float(n),
-        refresh_token=f"rt-{n}",
-        scope=(f"scope-{n}",),
-        seed_id=f"seed-{n}",
-    )
 
 
 def helper(mode: str, db: Path, credential: str, key: bytes, *args: str) -> subprocess.Popen[str]:

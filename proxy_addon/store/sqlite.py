@@ -472,13 +472,14 @@ class SqliteStore:
         holder = Holder.me(self._clocks.host, self._lock_ttl)
         delay = _POLL_FIRST
         while True:
+            budget = deadline - time.monotonic()
             try:
-                if self._try_acquire(credential, owner, holder, deadline - time.monotonic()):
+                if self._try_acquire(credential, owner, holder, budget):
                     return
-            except StoreBusyError as e:
-                if time.monotonic() < deadline:
-                    raise  # busy for the whole busy_timeout, not just for what we had left
-                raise TimeoutError(self._timeout_message(credential, timeout)) from e
+            except StoreBusyError:
+                if budget >= self._busy_timeout:
+                    raise  # another writer kept the database for the whole busy_timeout
+                # It kept it for as long as this waiter had left: that is a time-out.
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(self._timeout_message(credential, timeout))

@@ -11,7 +11,7 @@ facts (`host_identity`, `holder_alive`, `boot_clock`) are read from /proc here, 
 - Another host: the holder's pid means nothing here, and its boot clock is not ours. The lease
   is judged by how long the waiter has watched the row go without a renewal, on the waiter's
   own boot clock, so a wall-clock step on either side can neither keep a dead holder's lease
-  alive for longer than its TTL, nor take a live one away: a live holder renews every TTL/3.
+  beyond one TTL of watching, nor take a live one away: a live holder renews every TTL/3.
 - Rows written by an authproxy from before leases named their holder: wall clock only, as then.
 """
 

@@ -45,7 +45,7 @@ from proxy_addon.demo.server import BackgroundServer, HangUp, Request, Response
 
 __all__ = ["DEVICE_CODE_GRANT", "FAULTS", "GRANT_TYPES", "AuthServer", "OAuthError"]
 
-FAULTS = frozenset({"500", "malformed", "invalid_grant", "slow"})
+FAULTS = frozenset({"500", "503", "malformed", "invalid_grant", "slow"})
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 GRANT_TYPES = (
     "authorization_code", "refresh_token", "client_credentials", "password", DEVICE_CODE_GRANT,
@@ -112,9 +112,14 @@ def _check_fault(fault: str | None) -> None:
         raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
 
 
-def _fault_response(fault: str | None) -> Response | None:
+def _fault_response(fault: str | None, retry_after: str | None = None) -> Response | None:
     if fault == "500":
         return Response(500, b"injected fault\n", {"Content-Type": "text/plain"})
+    if fault == "503":
+        headers = {"Content-Type": "text/plain"}
+        if retry_after is not None:
+            headers["Retry-After"] = retry_after
+        return Response(503, b"injected fault: come back later\n", headers)
     if fault == "malformed":
         # Truncated JSON, declared as JSON: the nastiest kind of "not JSON".
         headers = {"Content-Type": "application/json", **NO_STORE}
@@ -147,6 +152,10 @@ class AuthServer(BackgroundServer):
         self.include_expires_in = include_expires_in
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.slow_seconds = 2.0  # how long the "slow" fault holds each answer back
+        self.retry_after: str | None = "10"  # the Retry-After header of the "503" fault
+        # When set, the expires_in told to clients instead of the real lifetime: lets a test
+        # send 0, negative or absurd lifetimes (the real one is never below 0).
+        self.advertised_expires_in: float | None = None
         self.code_ttl = 60.0  # authorization code lifetime
         self.device_code_ttl = 600.0
         self.device_interval = 5.0  # the polling interval a device authorization starts with
@@ -380,7 +389,7 @@ class AuthServer(BackgroundServer):
         if fault == "slow" and self._stopping.wait(self.slow_seconds):
             raise HangUp
         entry: dict[str, Any] = {"time": time.time(), "grant_type": None, "client_id": None}
-        injected = _fault_response(fault)
+        injected = _fault_response(fault, self.retry_after)
         try:
             form = _read_form(request)
             entry.update((k, v) for k, v in form.items() if k not in _SECRET_PARAMS)
@@ -441,7 +450,9 @@ class AuthServer(BackgroundServer):
 
     def _token_response(self, issued: Issued, ttl: float) -> Response:
         payload: dict[str, Any] = {"access_token": issued.access, "token_type": "Bearer"}
-        if self.include_expires_in:
+        if self.advertised_expires_in is not None:
+            payload["expires_in"] = _json_number(self.advertised_expires_in)
+        elif self.include_expires_in:
             payload["expires_in"] = max(0, int(ttl))  # rounded down: never promise too much
         if issued.scope:
             payload["scope"] = issued.scope

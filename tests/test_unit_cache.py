@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from proxy_addon.cache import (
+    REJECT_GRACE,
     TERMINAL_RECHECK,
     CredentialCache,
     TokenUnavailable,
@@ -101,7 +102,10 @@ def make_cache(
     store: MemoryStore | None = None,
     policy: TokenPolicy = POLICY,
 ) -> CredentialCache:
-    return CredentialCache(NAME, grant, store, policy, clock=clock, rng=random.Random(1234))
+    # One clock for both: advancing it moves the wall clock and the monotonic timers alike.
+    return CredentialCache(
+        NAME, grant, store, policy, clock=clock, monotonic=clock, rng=random.Random(1234)
+    )
 
 
 def stored_token(access_token: str, clock: Clock, remaining: float, **kw: str) -> Token:
@@ -167,7 +171,9 @@ def test_refresh_happens_inside_the_leeway(
         clock.advance(LIFETIME - LEEWAY - 1)  # 61 s left: not yet
         assert await cache.token() is first
         assert grant.calls == 1
-        clock.advance(1)  # 60 s left: due, though still valid
+        clock.advance(1)  # 60 s left: due, though still valid: refreshed in the background
+        assert await cache.token() is first
+        await cache.wait_idle()
         second = await cache.token()
         assert second.access_token == "at-2"
         assert grant.calls == 2
@@ -199,6 +205,8 @@ def test_leeway_capped_at_half_lifetime(clock: Clock, store: MemoryStore) -> Non
         clock.advance(49)
         assert await cache.token() is first
         clock.advance(1)
+        assert await cache.token() is first  # still valid: refreshed in the background
+        await cache.wait_idle()
         assert (await cache.token()).access_token == "at-2"
         assert grant.calls == 2
 
@@ -277,6 +285,7 @@ def test_replace_rejected_refreshes_once(
 
     async def scenario() -> None:
         old = await cache.token()
+        clock.advance(REJECT_GRACE)
         new = await cache.replace_rejected(old)  # still valid by the clock, but refused
         assert new.access_token == "at-2"
         assert grant.calls == 2
@@ -299,6 +308,7 @@ def test_concurrent_replace_rejected_refreshes_once(
 
     async def scenario() -> None:
         old = await cache.token()
+        clock.advance(REJECT_GRACE)
         results = await concurrently(20, lambda: cache.replace_rejected(old), grant)
         assert grant.calls == 2
         assert {t.access_token for t in results} == {"at-2"}
@@ -313,6 +323,7 @@ def test_replace_rejected_adopts_token_written_by_another_process(
 
     async def scenario() -> None:
         old = await cache.token()
+        clock.advance(REJECT_GRACE)
         theirs = stored_token("at-theirs", clock, remaining=LIFETIME)
         store.put(NAME, theirs, expected_version=1)
         assert await cache.replace_rejected(old) == theirs
@@ -387,6 +398,7 @@ def test_terminal_error_with_valid_token_serves_it(
         clock.advance(LIFETIME - 30)  # inside the leeway
         grant.fail_with = terminal("invalid_client", "client disabled")
         assert await cache.token() is first
+        await cache.wait_idle()
         assert grant.calls == 2
         assert cache.status().state == "failing"
         assert await cache.token() is first
@@ -521,6 +533,7 @@ def test_still_valid_token_served_while_refresh_fails(
         clock.advance(LIFETIME - 30)  # due for refresh, valid for 30 s more
         grant.fail_with = transient()
         assert await cache.token() is first
+        await cache.wait_idle()
         assert grant.calls == 1 + POLICY.retry_attempts
         assert await cache.token() is first  # inside the backoff window: no call
         assert grant.calls == 1 + POLICY.retry_attempts
@@ -754,8 +767,11 @@ def test_replace_rejected_never_returns_the_rejected_token(
 
     async def scenario() -> None:
         old = await cache.token()
+        clock.advance(REJECT_GRACE)
         grant.fail_with = transient()
         with pytest.raises(TokenUnavailable):
             await cache.replace_rejected(old)
+        with pytest.raises(TokenUnavailable):  # nor to the next request
+            await cache.token()
 
     run(scenario)

@@ -20,10 +20,11 @@ Rules, in one place:
   IdP and spent a rotating refresh token) is never sent again within the same attempt chain;
   the chain fails with backoff and the next attempt first re-reads the store;
 - a token that is still valid is used even while its refresh fails;
-- a 401 replaces a token only if it is at least `REJECT_GRACE` seconds old; a younger one
-  was refused right after it was issued, which a new token will not fix (wrong audience or
-  scopes, or a hostile API): the credential backs off with `token_rejected_by_api`, and the
-  refused token is never handed out again;
+- 401-triggered refreshes are rate-limited per credential: at most one per `reject_grace`
+  seconds (policy, default 5). A 401 sooner than that means the token that replaced a refused
+  one was refused right after it was issued, which another token will not fix (wrong audience
+  or scopes, or a hostile API): no IdP call, the credential backs off with
+  `token_rejected_by_api`. A refused token is never handed out again;
 - a request with no usable token waits for the store's lock at most `idp_timeout` seconds
   (another process holds it), then gets `refresh_in_progress` with a short Retry-After;
 - in-process timers (backoff, terminal recheck, token age) use the monotonic clock; only token
@@ -55,11 +56,6 @@ logger = logging.getLogger(__name__)
 # How often a credential in a terminal state looks at the store for a token written by a login
 # or by another process.
 TERMINAL_RECHECK = 2.0
-# A 401 on a token younger than this does not trigger a refresh. Five seconds is longer than a
-# request's round trip, so all 401s for one just-issued token collapse into one decision, and
-# short enough that a token revoked in earnest is replaced almost at once. A token the API
-# refuses this soon was not refused for its age: a new one would be refused too.
-REJECT_GRACE = 5.0
 # A new token must stay valid at least this long, or it is not used at all.
 MIN_LIFETIME = 1.0
 # What a waiter is told when another process holds the refresh lock for too long.
@@ -136,7 +132,7 @@ class CredentialCache:
         self._version: int | None = None  # store version of self._token
         self._seen_version: int | None = None  # store version last read under the lock
         self._refused: str | None = None  # access token the API refused: never handed out again
-        self._issued: tuple[str, float] | None = None  # (access token, monotonic) of our last
+        self._last_reject_refresh: float | None = None  # monotonic start of the last 401 refresh
         self._terminal: GrantError | None = None
         self._terminal_checked = 0.0
         self._failures = 0
@@ -168,9 +164,13 @@ class CredentialCache:
         tok = self._token
         if tok is not None and tok.access_token != rejected.access_token:
             return tok
-        age = self._age(rejected)
-        if age is not None and age < REJECT_GRACE:
-            raise self._rejected_too_soon(rejected, age)
+        last = self._last_reject_refresh
+        if (
+            self._task is None  # else: join the refresh in flight
+            and last is not None
+            and (since := self._mono() - last) < self.policy.reject_grace
+        ):
+            raise self._rejected_too_soon(rejected, since)
         self._refused = rejected.access_token
         return await self._get(rejected=rejected)
 
@@ -225,6 +225,8 @@ class CredentialCache:
         if self._task is None:
             if (blocked := self._blocked()) is not None:
                 return self._fallback(self._servable(rejected), blocked)
+            if rejected is not None:
+                self._last_reject_refresh = self._mono()
             self._task = asyncio.get_running_loop().create_task(self._run(rejected))
             self._task.add_done_callback(_consume)
         task = self._task
@@ -282,8 +284,7 @@ class CredentialCache:
             wait = min(BUSY_RETRY_AFTER, self.policy.idp_timeout)
             return _Failure(
                 "refresh_in_progress",
-                f"another process is refreshing the token of {self.name!r}; "
-                f"try again in {wait:g}s",
+                f"another process is refreshing this token; try again in {wait:g}s",
                 retry_after=wait,
             )
         if outcome.error is not None:
@@ -308,7 +309,6 @@ class CredentialCache:
                         terminal=False,
                     )
                 )
-            self._issued = (record.token.access_token, self._mono())
         self._adopt(record, rejection=rejected is not None)
         return record.token
 
@@ -440,14 +440,7 @@ class CredentialCache:
             logger.error("credential %s: %s; next attempt in %.1fs", self.name, error, delay)
         return _Failure(error.code, str(error), delay)
 
-    def _age(self, token: Token) -> float | None:
-        """Seconds since `token` was issued, or None if that cannot be told."""
-        if self._issued is not None and self._issued[0] == token.access_token:
-            return self._mono() - self._issued[1]
-        age = self._clock() - token.obtained_at
-        return age if age >= 0 else None  # a wall clock stepped back tells nothing
-
-    def _rejected_too_soon(self, rejected: Token, age: float) -> TokenUnavailable:
+    def _rejected_too_soon(self, rejected: Token, since: float) -> TokenUnavailable:
         now = self._mono()
         if self._refused != rejected.access_token:  # the first 401 for this token
             self._refused = rejected.access_token
@@ -455,11 +448,13 @@ class CredentialCache:
             delay = backoff_delay(
                 self._rejections, self.policy.backoff_initial, self.policy.backoff_max, self._rng
             )
-            self._next_attempt = max(self._next_attempt, now + max(delay, REJECT_GRACE - age))
+            wait = max(delay, self.policy.reject_grace - since)
+            self._next_attempt = max(self._next_attempt, now + wait)
             self._last_code = "token_rejected_by_api"
             self.last_error = (
-                f"the API refused a token issued {age:.1f}s ago (HTTP 401), so a new one would "
-                "be refused too: check the credential's scopes and audience and the route"
+                f"the API refused (HTTP 401) the token that replaced a refused one {since:.1f}s "
+                "ago, so another would be refused too: check the credential's scopes and "
+                "audience, and the route"
             )
             logger.error(
                 "credential %s: %s; next attempt in %.1fs",
@@ -468,7 +463,7 @@ class CredentialCache:
         return TokenUnavailable(
             self.name,
             "token_rejected_by_api",
-            self.last_error or "the API refused a just-issued token",
+            self.last_error or "the API refused a new token",
             retry_after=max(self._next_attempt - now, 0.0),
         )
 

@@ -71,6 +71,8 @@ class TokenPolicy:
     # How long shutdown or a reload waits for a refresh in flight to commit its token;
     # None: idp_timeout + 2 s (one IdP call, then the store write).
     drain_timeout: float | None = None
+    # At most one 401-triggered refresh per credential this often (see cache.py).
+    reject_grace: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,6 +417,7 @@ def _parse_policy(s: _Reader, base: TokenPolicy) -> TokenPolicy:
         drain_timeout=s.number("drain_timeout", base.drain_timeout or 0.0)
         if s.has("drain_timeout")
         else base.drain_timeout,
+        reject_grace=s.number("reject_grace", base.reject_grace),
     )
 
 

@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from proxy_addon.cache import (
-    REJECT_GRACE,
     TERMINAL_RECHECK,
     CredentialCache,
     TokenUnavailable,
@@ -285,7 +284,6 @@ def test_replace_rejected_refreshes_once(
 
     async def scenario() -> None:
         old = await cache.token()
-        clock.advance(REJECT_GRACE)
         new = await cache.replace_rejected(old)  # still valid by the clock, but refused
         assert new.access_token == "at-2"
         assert grant.calls == 2
@@ -308,7 +306,6 @@ def test_concurrent_replace_rejected_refreshes_once(
 
     async def scenario() -> None:
         old = await cache.token()
-        clock.advance(REJECT_GRACE)
         results = await concurrently(20, lambda: cache.replace_rejected(old), grant)
         assert grant.calls == 2
         assert {t.access_token for t in results} == {"at-2"}
@@ -323,7 +320,6 @@ def test_replace_rejected_adopts_token_written_by_another_process(
 
     async def scenario() -> None:
         old = await cache.token()
-        clock.advance(REJECT_GRACE)
         theirs = stored_token("at-theirs", clock, remaining=LIFETIME)
         store.put(NAME, theirs, expected_version=1)
         assert await cache.replace_rejected(old) == theirs
@@ -767,7 +763,6 @@ def test_replace_rejected_never_returns_the_rejected_token(
 
     async def scenario() -> None:
         old = await cache.token()
-        clock.advance(REJECT_GRACE)
         grant.fail_with = transient()
         with pytest.raises(TokenUnavailable):
             await cache.replace_rejected(old)

@@ -374,7 +374,10 @@ class CredentialCache:
             return False
         if self.grant.seed_id is not None and token.seed_id != self.grant.seed_id:
             return False  # the config names a new refresh token: the stored chain is stale
-        return not needs_refresh(token, self._clock(), self.policy.refresh_leeway)
+        now = self._clock()
+        if token.expires_at - now < MIN_LIFETIME:
+            return False  # e.g. an unusable token kept for its refresh token
+        return not needs_refresh(token, now, self.policy.refresh_leeway)
 
     def _obtain(self, previous: Token | None) -> Token:
         """The IdP call, retried in place on transient failures with backoff and jitter.

@@ -71,7 +71,10 @@ class TokenPolicy:
     # How long shutdown or a reload waits for a refresh in flight to commit its token;
     # None: idp_timeout + 2 s (one IdP call, then the store write).
     drain_timeout: float | None = None
-    # At most one 401-triggered refresh per credential this often (see cache.py).
+    # At most one 401-triggered refresh per credential this often. 5 s is longer than a request
+    # round trip, so a token refused again right after it replaced a refused one is caught (an
+    # API that always says 401 cannot make the proxy storm the IdP), and short enough that a
+    # real revocation a little later is still handled at once.
     reject_grace: float = 5.0
 
 

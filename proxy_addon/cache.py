@@ -7,7 +7,8 @@ Rules, in one place:
   the background and requests never wait for it; only a request with no usable token waits,
   and all such waiters share the one refresh;
 - the blocking IdP call runs in a worker thread, which returns its outcome as a value and never
-  touches the cache's fields (only the event loop does);
+  touches the cache's fields (only the event loop does; the thread only counts itself in and
+  out for `drain`);
 - the newest token is committed to the store before anyone uses it, and a token the IdP just
   returned is committed even if it is not used (it may carry a rotated refresh token);
 - a new token is used only if it is usable: one that expires within `MIN_LIFETIME` is a
@@ -15,7 +16,8 @@ Rules, in one place:
 - IdP failures: terminal ones (invalid_grant, ...) stop further attempts until the store gets a
   new token (a login, another process) or the config changes; transient ones are retried with
   exponential backoff and jitter, at least as long as the IdP's `Retry-After` (capped by
-  `backoff_max`), and between attempts callers fail fast instead of storming;
+  `backoff_max`; an IdP that sends one is not retried in place), and between attempts callers
+  fail fast, with that Retry-After, instead of storming;
 - a request whose outcome is unknown (`GrantError.outcome_unknown`: it may have reached the
   IdP and spent a rotating refresh token) is never sent again within the same attempt chain;
   the chain fails with backoff and the next attempt first re-reads the store;
@@ -27,8 +29,9 @@ Rules, in one place:
   `token_rejected_by_api`. A refused token is never handed out again;
 - a request with no usable token waits for the store's lock at most `idp_timeout` seconds
   (another process holds it), then gets `refresh_in_progress` with a short Retry-After;
-- in-process timers (backoff, terminal recheck, token age) use the monotonic clock; only token
-  expiry is wall-clock (`expires_at` is absolute), so a clock step cannot lock a credential out;
+- in-process timers (backoff, terminal recheck, the 401 rate limit) use the monotonic clock;
+  only token expiry is wall-clock (`expires_at` is absolute), so a clock step cannot lock a
+  credential out;
 - `close()` + `drain()` (called by `Runtime.close`) stop new refreshes and wait, bounded, for
   the one in flight, so its token is committed before the store closes.
 """

@@ -49,6 +49,7 @@ GrantName = Literal[
 ]
 CLIENT_AUTH = ("basic", "post")
 EXISTING_AUTH = ("replace", "keep", "reject")
+REFRESH_TIMEOUT_FACTOR = 3  # refresh-token requests get this many times idp_timeout
 
 
 class ConfigError(Exception):
@@ -68,6 +69,12 @@ class TokenPolicy:
     retry_attempts: int = 3  # per refresh, on 5xx / timeouts / connection errors
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+
+    @property
+    def refresh_timeout(self) -> float:
+        """Total deadline of a refresh-token request. Longer than `idp_timeout`: abandoning
+        one whose answer is slow may cost the sign-in (a rotated token spent on a lost answer)."""
+        return self.idp_timeout * REFRESH_TIMEOUT_FACTOR
 
 
 @dataclass(frozen=True, slots=True)

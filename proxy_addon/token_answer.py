@@ -101,6 +101,7 @@ def parse_token_answer(
             "idp_bad_response",
             f"{what}: the IdP's answer (HTTP {status}) is not a JSON object",
             terminal=False,
+            outcome_unknown=True,
         )
     return _token(data, what, obtained_at, default_lifetime)
 
@@ -138,7 +139,10 @@ def _token(data: Mapping[str, Any], what: str, obtained_at: float, default: floa
     access = data.get("access_token")
     if access is None or access == "":
         raise GrantError(
-            "idp_bad_response", f"{what}: the IdP's answer holds no access token", terminal=False
+            "idp_bad_response",
+            f"{what}: the IdP's answer holds no access token",
+            terminal=False,
+            outcome_unknown=True,  # the IdP answered 200: it may have spent a refresh token
         )
     if not isinstance(access, str) or not _B64TOKEN.fullmatch(access):
         raise GrantError(
@@ -146,6 +150,7 @@ def _token(data: Mapping[str, Any], what: str, obtained_at: float, default: floa
             f"{what}: the IdP's access_token has characters a bearer token may not have "
             "(RFC 6750 b64token); refused",
             terminal=False,
+            outcome_unknown=True,  # the IdP answered 200: it may have spent a refresh token
         )
     token_type = data.get("token_type", "Bearer")
     if not isinstance(token_type, str) or not _TCHARS.fullmatch(token_type):
@@ -153,6 +158,7 @@ def _token(data: Mapping[str, Any], what: str, obtained_at: float, default: floa
             "invalid_token_response",
             f"{what}: the IdP's token_type is not a valid HTTP auth scheme; refused",
             terminal=False,
+            outcome_unknown=True,  # the IdP answered 200: it may have spent a refresh token
         )
     refresh = data.get("refresh_token")
     if refresh is not None and (not isinstance(refresh, str) or not refresh.isprintable()):
@@ -160,6 +166,7 @@ def _token(data: Mapping[str, Any], what: str, obtained_at: float, default: floa
             "invalid_token_response",
             f"{what}: the IdP's refresh_token is not a printable string; refused",
             terminal=False,
+            outcome_unknown=True,  # the IdP answered 200: it may have spent a refresh token
         )
     lifetime, warning = lifetime_from(data.get("expires_in"), default)
     scope = data.get("scope") or ()

@@ -81,7 +81,8 @@ def retry_failed(route: Route, reason: str) -> http.Response:
         "retry_failed",
         {
             "credential": route.credential,
-            "message": f"the API rejected the token; re-sending with a new one failed: {reason}",
+            "message": "the API rejected the token; re-sending with a new one failed: "
+            + clean(reason, limit=300),
         },
     )
 

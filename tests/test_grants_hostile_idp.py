@@ -286,3 +286,40 @@ def test_a_revocation_endpoint_elsewhere_is_not_used(idp: AuthServer, pki: Pki) 
     assert grant.endpoints().revocation_url is None
     token = Token(access_token="abc", expires_at=0, obtained_at=0)
     assert "no revocation endpoint" in revoke(grant, token)
+
+
+def test_drip_fed_headers_stop_at_the_total_deadline() -> None:
+    """Not just the body: a status line and headers sent a byte at a time are cut off too."""
+    import socket
+    import threading
+
+    from proxy_addon.idp_http import exchange
+
+    stop = threading.Event()
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def drip() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" * 20:
+                if stop.wait(0.1):
+                    return
+                try:
+                    conn.send(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/token"
+    started = time.monotonic()
+    try:
+        with pytest.raises(GrantError) as e:
+            exchange("POST", url, what="t", timeout=1.0, verify=True, data={"a": "b"})
+    finally:
+        stop.set()
+        server.close()
+        thread.join(5)
+    assert (e.value.code, e.value.outcome_unknown) == ("idp_timeout", True)
+    assert time.monotonic() - started < 2.5

@@ -20,8 +20,10 @@ import hashlib
 import hmac
 import html
 import json
+import os
 import queue
 import secrets
+import socket
 import threading
 import time
 import webbrowser
@@ -109,7 +111,10 @@ class _Listener:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = urlsplit(self.path).path
-                if path.startswith(START_PATH):
+                if not listener.same_user(self):
+                    listener.events.put(("foreign", ""))
+                    _send(self, 403, "This sign-in belongs to another user of this machine.")
+                elif path.startswith(START_PATH):
                     listener.start(self)
                 elif path == CALLBACK_PATH:
                     listener.callback(self, state)
@@ -132,6 +137,13 @@ class _Listener:
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
+
+    def same_user(self, h: BaseHTTPRequestHandler) -> bool:
+        """Is the connecting socket ours? Unknown (no /proc/net/tcp) counts as yes: the state,
+        the one-time link and `iss` still protect the sign-in there."""
+        peer = h.client_address
+        owner = socket_owner(_proc_net_tcp(), (peer[0], peer[1]), ("127.0.0.1", self.port))
+        return owner is None or owner == os.getuid()
 
     @property
     def start_url(self) -> str:
@@ -194,12 +206,44 @@ class _Listener:
                     "if that was not you, another user of this machine may be trying to sign "
                     "you in as them. Nothing was stored; run login again."
                 )
+            if kind == "foreign":
+                out("(refused a connection to the sign-in listener from another user)")
+                continue
             out("(ignored an answer at the sign-in listener that is not for this sign-in)")
         return None
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _proc_net_tcp() -> str | None:
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def socket_owner(table: str | None, local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+    """The uid owning the IPv4 TCP socket `local` connected to `remote`, from the text of
+    Linux's /proc/net/tcp; None when it cannot be told."""
+    if table is None:
+        return None
+
+    def hexed(addr: tuple[str, int]) -> str:
+        try:
+            packed = socket.inet_aton(addr[0])
+        except OSError:
+            return ""
+        return f"{int.from_bytes(packed, 'little'):08X}:{addr[1]:04X}"
+
+    want = (hexed(local), hexed(remote))
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 7 and (fields[1].upper(), fields[2].upper()) == want:
+            return int(fields[7]) if fields[7].isdigit() else None
+    return None
 
 
 def _send(

@@ -132,3 +132,20 @@ def test_a_callback_with_a_wrong_state_is_ignored_and_the_login_goes_on(
     with people._lock:
         issued = list(people._access)
     assert {people.subject_of(t) for t in issued} == {USER}
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to be nobody")
+def test_another_user_cannot_use_the_start_url(tmp_path, pki, people, api) -> None:
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("no /proc/net/tcp here")
+    cli, argv, _ = _start_cli(tmp_path, pki, people, api.port)
+    other = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", argv],
+        capture_output=True, text=True, timeout=30, user=65534, group=65534,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )  # fmt: skip
+    assert other.stdout == "403", other
+    cli.wait_for("from another user")
+    sign_in(_follow_start(argv), username=USER, password=PASSWORD, ca=str(pki.ca_cert))
+    code, out = cli.finish()
+    assert code == 0, out

@@ -94,7 +94,8 @@ class _OAuthGrant:
                 "no_token_endpoint", f"{what}: the issuer names no token endpoint", terminal=True
             )
         auth, client = self.client_auth()
-        body = {**form, **client, **dict(self.cfg.params)}
+        # Extra params from the config never override the protocol's own fields.
+        body = {**dict(self.cfg.params), **client, **form}
         started = time.time()
         answer = exchange(
             "POST",

@@ -132,7 +132,10 @@ class _OAuthGrant:
             # than those asked for.
             {"grant_type": "refresh_token", "refresh_token": refresh_token},
             timeout=self.cfg.policy.refresh_timeout,
-            sent=(refresh_token, previous.access_token if previous else None),
+            sent=(
+                refresh_token,
+                *((previous.access_token, previous.refresh_token) if previous else ()),
+            ),
         )
         # Keep the refresh token we used if the IdP did not rotate it (RFC 6749 §6).
         if not token.refresh_token:

@@ -49,6 +49,7 @@ GrantName = Literal[
 ]
 CLIENT_AUTH = ("basic", "post")
 EXISTING_AUTH = ("replace", "keep", "reject")
+REFRESH_TIMEOUT_FACTOR = 3  # refresh-token requests get this many times idp_timeout
 
 
 class ConfigError(Exception):
@@ -76,6 +77,12 @@ class TokenPolicy:
     # API that always says 401 cannot make the proxy storm the IdP), and short enough that a
     # real revocation a little later is still handled at once.
     reject_grace: float = 5.0
+
+    @property
+    def refresh_timeout(self) -> float:
+        """Total deadline of a refresh-token request. Longer than `idp_timeout`: abandoning
+        one whose answer is slow may cost the sign-in (a rotated token spent on a lost answer)."""
+        return self.idp_timeout * REFRESH_TIMEOUT_FACTOR
 
 
 @dataclass(frozen=True, slots=True)

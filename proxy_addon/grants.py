@@ -27,6 +27,10 @@ __all__ = ["TERMINAL_ERRORS", "Grant", "GrantError", "LoginGrant", "make_grant"]
 
 logger = logging.getLogger(__name__)
 
+# Grants whose request spends a one-time secret: sent twice, the second meets a spent secret
+# (and an IdP with reuse detection revokes the whole login).
+ONE_TIME_GRANTS = frozenset({"refresh_token", "authorization_code"})
+
 
 class Grant(Protocol):
     name: str
@@ -97,15 +101,19 @@ class _OAuthGrant:
         # Extra params from the config never override the protocol's own fields.
         body = {**dict(self.cfg.params), **client, **form}
         started = time.time()
-        answer = exchange(
-            "POST",
-            token_url,
-            what=what,
-            timeout=timeout or self.cfg.policy.idp_timeout,
-            verify=self.verify,
-            data=body,
-            auth=auth,
-        )
+        try:
+            answer = exchange(
+                "POST",
+                token_url,
+                what=what,
+                timeout=timeout or self.cfg.policy.idp_timeout,
+                verify=self.verify,
+                data=body,
+                auth=auth,
+            )
+        except GrantError as e:
+            self._forget_unknown_outcome(e, form)
+            raise
         if 300 <= answer.status < 400:
             raise GrantError(
                 "idp_redirected",
@@ -113,17 +121,28 @@ class _OAuthGrant:
                 "where it points (secrets are never re-sent to a redirect)",
                 terminal=True,
             )
-        parsed = parse_token_answer(
-            answer,
-            what=what,
-            obtained_at=started,
-            default_lifetime=self.cfg.policy.default_lifetime,
-            secrets=(*self.cfg.secrets(), *sent),
-            credential=self.name,
-        )
+        try:
+            parsed = parse_token_answer(
+                answer,
+                what=what,
+                obtained_at=started,
+                default_lifetime=self.cfg.policy.default_lifetime,
+                secrets=(*self.cfg.secrets(), *sent),
+                credential=self.name,
+            )
+        except GrantError as e:
+            self._forget_unknown_outcome(e, form)
+            raise
         for warning in parsed.warnings:
             logger.warning("credential %s: %s", self.name, warning)
         return parsed.token
+
+    @staticmethod
+    def _forget_unknown_outcome(error: GrantError, form: dict[str, str]) -> None:
+        # Only a request that spends a one-time secret (a rotating refresh token, a code) must
+        # never be sent twice; asking again for client credentials or a password is harmless.
+        if form.get("grant_type") not in ONE_TIME_GRANTS:
+            error.outcome_unknown = False
 
     def refresh(self, refresh_token: str, previous: Token | None = None) -> Token:
         token = self.call(

@@ -29,7 +29,7 @@ def _first_502(session, url: str, timeout: float = 15):  # type: ignore[no-untyp
 
 
 def test_a_rotated_refresh_token_quoted_by_the_idp_goes_nowhere(start_proxy, idp, api) -> None:
-    idp.access_token_ttl = 1  # the first token is soon gone, and its refresh meets the IdP below
+    idp.access_token_ttl = 2  # the first token is soon gone, and its refresh meets the IdP below
     seeded = idp.issue_refresh_token(CLIENT_ID, "read")
     proxy = start_proxy(_config(idp, api.port, seeded))
     s = proxy.session()

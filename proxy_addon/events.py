@@ -1,0 +1,43 @@
+"""Recent events for the operator's console: refreshes, retries, failures, with their times.
+
+A small ring buffer, safe to write from the worker threads that call the IdP. Messages may quote
+an IdP's own words; whoever shows them scrubs the config's secrets first. Never give it a token.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+__all__ = ["Event", "EventLog"]
+
+
+class Event(NamedTuple):
+    at: float  # epoch seconds
+    kind: str  # refresh | idp_error | retry | token_failure | refused
+    credential: str
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return self._asdict()
+
+
+class EventLog:
+    def __init__(self, size: int = 50, clock: Callable[[], float] = time.time) -> None:
+        self._events: deque[Event] = deque(maxlen=size)
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def record(self, kind: str, credential: str, message: str) -> None:
+        with self._lock:
+            self._events.append(Event(self._clock(), kind, credential, message))
+
+    def recent(self, limit: int | None = None) -> list[Event]:
+        """Newest first."""
+        with self._lock:
+            events = list(self._events)
+        events.reverse()
+        return events[:limit] if limit is not None else events

@@ -34,7 +34,8 @@ class TimedGrant:
         try:
             token = self.wrapped.obtain(previous)
         except GrantError as e:
-            self._done(start, e.code, "idp_error", f"{e.code}: {e}")
+            said = str(e) if e.code in str(e) else f"{e.code}: {e}"
+            self._done(start, e.code, "idp_error", said)
             raise
         except Exception as e:
             self._done(start, "internal_error", "idp_error", f"{type(e).__name__} (see the log)")

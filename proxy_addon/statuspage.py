@@ -31,7 +31,7 @@ COUNTER_LABELS = {
     "injected": "injected",
     "refreshed": "refreshed",
     "retried": "retried",
-    "token_failures": "token failures",
+    "token_failures": "no token",
     "refused": "refused",
 }
 EVENT_LABELS = {

@@ -17,7 +17,7 @@ __all__ = ["Event", "EventLog"]
 
 class Event(NamedTuple):
     at: float  # epoch seconds
-    kind: str  # refresh | idp_error | retry | token_failure | refused
+    kind: str  # refresh | idp_error | needs_login | retry | token_failure | refused
     credential: str
     message: str
 

@@ -34,6 +34,9 @@ class TimedGrant:
         try:
             token = self.wrapped.obtain(previous)
         except GrantError as e:
+            if e.code == "needs_login":  # decided without asking the IdP: no IdP call to time
+                self.metrics.events.record("needs_login", self.credential, str(e))
+                raise
             said = str(e) if e.code in str(e) else f"{e.code}: {e}"
             self._done(start, e.code, "idp_error", said)
             raise

@@ -37,6 +37,7 @@ COUNTER_LABELS = {
 EVENT_LABELS = {
     "refresh": "refreshed",
     "idp_error": "IdP error",
+    "needs_login": "sign-in needed",
     "retry": "retried",
     "token_failure": "no token",
     "refused": "refused",

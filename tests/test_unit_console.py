@@ -261,6 +261,12 @@ def test_timed_grant_records_duration_outcome_and_event_but_no_token() -> None:
     assert (failed.kind, ok.kind) == ("idp_error", "refresh")
     assert failed.message == "invalid_client: client authentication failed"
     assert "at-secret-1" not in repr(m.events.recent()) + m.prometheus({}, [])
+    # No refresh token yet: decided without the IdP, so an event but no IdP timing.
+    grant.fail = GrantError("needs_login", "run `authproxy login billing`", terminal=True)
+    with pytest.raises(GrantError):
+        timed.obtain(None)
+    assert m.events.recent()[0].kind == "needs_login"
+    assert m.idp.count(("billing", "needs_login")) == 0
 
 
 def _config_file(tmp_path: Path) -> Path:

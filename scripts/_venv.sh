@@ -34,8 +34,8 @@ if [ ! -x "$VENV/bin/python" ] || ! _py_ok "$VENV/bin/python"; then
     "$PY" -m venv "$VENV"
 fi
 
-# What to install: the package alone (scripts/demo sets AUTHPROXY_VENV_EXTRAS= before sourcing this), or
-# with extras such as "test" (the default). A stamp per extras set remembers what is in place.
+# What to install: the package alone (scripts/demo sets AUTHPROXY_VENV_EXTRAS= before sourcing
+# this), or with extras such as "test" (the default). A stamp per extras set says what is there.
 EXTRAS="${AUTHPROXY_VENV_EXTRAS-test}"
 WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 STAMP="$VENV/.authproxy-installed${EXTRAS:+-$EXTRAS}"

@@ -20,6 +20,7 @@ class Event(NamedTuple):
     kind: str  # refresh | idp_error | needs_login | retry | token_failure | refused
     credential: str
     message: str
+    count: int = 1  # the same event, repeated back to back, is kept once with a count
 
     def as_dict(self) -> dict[str, object]:
         return self._asdict()
@@ -32,8 +33,16 @@ class EventLog:
         self._clock = clock
 
     def record(self, kind: str, credential: str, message: str) -> None:
+        """Add an event; a repeat of the newest one only bumps its count and time, so a client
+        retrying in a loop cannot push everything else off the list."""
         with self._lock:
-            self._events.append(Event(self._clock(), kind, credential, message))
+            last = self._events[-1] if self._events else None
+            if last is not None and (last.kind, last.credential, last.message) == (
+                kind, credential, message,
+            ):  # fmt: skip
+                self._events[-1] = last._replace(at=self._clock(), count=last.count + 1)
+            else:
+                self._events.append(Event(self._clock(), kind, credential, message))
 
     def recent(self, limit: int | None = None) -> list[Event]:
         """Newest first."""

@@ -19,7 +19,23 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .runtime import Runtime
 
-__all__ = ["TimedGrant", "instrument"]
+__all__ = ["OUTCOMES", "TimedGrant", "instrument", "outcome_label"]
+
+# Outcome label values. An IdP names its own error codes, so anything else is "other": a hostile
+# or creative IdP must not grow the metrics without bound.
+OUTCOMES = frozenset({
+    "ok", "internal_error", "oauth_error", "no_token_endpoint",
+    "idp_bad_response", "idp_error", "idp_redirected", "idp_timeout", "idp_tls_error",
+    "idp_unavailable", "idp_unreachable",
+    # RFC 6749 §5.2 and §4.1.2.1, RFC 8628 §3.5
+    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+    "unsupported_grant_type", "invalid_scope", "access_denied", "server_error",
+    "temporarily_unavailable", "authorization_pending", "slow_down", "expired_token",
+})  # fmt: skip
+
+
+def outcome_label(code: str) -> str:
+    return code if code in OUTCOMES else "other"
 
 
 class TimedGrant:
@@ -50,7 +66,8 @@ class TimedGrant:
         return token
 
     def _done(self, start: float, outcome: str, kind: str, message: str) -> None:
-        self.metrics.observe_idp(self.credential, time.monotonic() - start, outcome)
+        seconds = time.monotonic() - start
+        self.metrics.observe_idp(self.credential, seconds, outcome_label(outcome))
         self.metrics.events.record(kind, self.credential, message)
 
 

@@ -145,6 +145,7 @@ def page_model(
             "label": EVENT_LABELS.get(e.kind, e.kind),
             "credential": e.credential,
             "message": e.message,
+            "count": e.count,
         }
         for e in (info.events if info else ())
     ]

@@ -18,7 +18,7 @@ from proxy_addon.addon import AuthProxy
 from proxy_addon.config import load_config
 from proxy_addon.console import ConsoleInfo, RouteRow, human_span
 from proxy_addon.errors import GrantError
-from proxy_addon.events import Event
+from proxy_addon.events import Event, EventLog
 from proxy_addon.instrument import TimedGrant, instrument
 from proxy_addon.metrics import Metrics
 from proxy_addon.runtime import Runtime
@@ -121,7 +121,7 @@ def test_status_json_keeps_its_keys_and_adds_the_proxy() -> None:
     assert body["routes"][1] == {"index": 1, "match": "https://*.reports.example.com:443/",
                                  "credential": "reports", "client_authorization": "reject"}
     assert body["events"] == [{"at": NOW, "kind": "refresh", "credential": "billing",
-                               "message": "new token"}]  # fmt: skip
+                               "message": "new token", "count": 1}]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -231,6 +231,35 @@ def test_counters_that_move_leave_events() -> None:
     m = _filled_metrics()
     kinds = [(e.kind, e.credential) for e in m.events.recent()]
     assert kinds == [("token_failure", "reports"), ("retry", "billing")]  # newest first
+
+
+def test_a_repeated_event_is_counted_not_listed_again() -> None:
+    clock = iter(range(1000))
+    log = EventLog(size=3, clock=lambda: float(next(clock)))
+    log.record("refresh", "billing", "new token")
+    for _ in range(500):  # a client looping on a refused route
+        log.record("refused", "billing", "refused by a route rule")
+    log.record("retry", "billing", "re-sent")
+    assert [(e.kind, e.count, e.at) for e in log.recent()] == [
+        ("retry", 1, 501.0), ("refused", 500, 500.0), ("refresh", 1, 0.0),
+    ]  # fmt: skip
+    log.record("retry", "other", "re-sent")
+    assert [e.kind for e in log.recent()] == ["retry", "retry", "refused"]  # oldest dropped
+    page = render_console([], {}, _info(tuple(log.recent())))
+    assert "\u00d7 500" in page  # times 500
+
+
+def test_idp_error_codes_outside_the_known_set_become_other() -> None:
+    m, grant = Metrics(), _Grant()
+    grant.fail = GrantError('x"}\n' + "a" * 50, "made-up code", terminal=True)
+    with pytest.raises(GrantError):
+        TimedGrant(grant, "billing", m).obtain(None)
+    grant.fail = GrantError("invalid_scope", "nope", terminal=True)
+    with pytest.raises(GrantError):
+        TimedGrant(grant, "billing", m).obtain(None)
+    fams = parse_prometheus(m.prometheus({}, []))
+    outcomes = {s[1]["outcome"] for s in fams["authproxy_idp_request_duration_seconds"]["samples"]}
+    assert outcomes == {"other", "invalid_scope"}
 
 
 # --- instrumented grants --------------------------------------------------------------------------

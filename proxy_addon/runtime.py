@@ -46,13 +46,13 @@ class Runtime:
         store = open_store(config.store, env) if config.credentials else MemoryStore()
         caches = {}
         for name, cred in config.credentials.items():
-            if check_store and cred.grant != "static":
+            grant = make_grant(cred, ca_bundle or True)
+            if check_store and grant.persist:
                 # Fail at start, not on the first request, when the key cannot read a row.
                 store.get(name)
-            grant = make_grant(cred, ca_bundle or True)
-            # Static tokens are in the config already; persisting them would only copy a secret.
+            # A grant that does not persist (static) has its token in the config already.
             caches[name] = CredentialCache(
-                name, grant, None if cred.grant == "static" else store, cred.policy
+                name, grant, store if grant.persist else None, cred.policy
             )
         return cls(config, store, caches, ca_bundle)
 

@@ -79,8 +79,7 @@ def _cmd_login(args: argparse.Namespace) -> int:
             return 0
         try:
             token = login(
-                cache.grant,  # type: ignore[arg-type]
-                cache.store, no_browser=args.no_browser, timeout=args.timeout,
+                cache.grant, cache.store, no_browser=args.no_browser, timeout=args.timeout,
             )  # fmt: skip
         except LoginError as e:
             print(f"authproxy: login {args.name}: {e}", file=sys.stderr)
@@ -109,7 +108,7 @@ def _cmd_logout(args: argparse.Namespace) -> int:
         if record is None:
             print(f"{args.name}: no stored tokens")
             return 0
-        note = revoke(cache.grant, record.token)  # type: ignore[arg-type]
+        note = revoke(cache.grant, record.token)
         cache.store.delete(args.name)
     print(f"{args.name}: stored tokens deleted; {note}")
     return 0

@@ -37,9 +37,6 @@ __all__ = [
     "parse_config",
 ]
 
-# The grants and client authentication methods come from their registries (one table each).
-GRANTS = tuple(GRANT_SPECS)
-CLIENT_AUTH = tuple(CLIENT_AUTH_METHODS)
 EXISTING_AUTH = ("replace", "keep", "reject")
 REFRESH_TIMEOUT_FACTOR = 3  # refresh-token requests get this many times idp_timeout
 
@@ -464,9 +461,10 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
         if preset not in PRESETS:
             raise c.error("preset", f"expected one of {', '.join(sorted(PRESETS))}, got {preset!r}")
         c = c.with_defaults(PRESETS[preset])
-    grant = c.choice("grant", GRANTS, "") if c.has("grant") else None
+    grants = tuple(GRANT_SPECS)  # the registry says which grants exist
+    grant = c.choice("grant", grants, "") if c.has("grant") else None
     if grant is None:
-        raise c.error("grant", f"is required: one of {', '.join(GRANTS)}")
+        raise c.error("grant", f"is required: one of {', '.join(grants)}")
     rules = GRANT_SPECS[grant].rules
     cred_policy = _parse_policy(c, policy)
     if not rules.oauth:
@@ -491,7 +489,7 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
         "client_id": c.str("client_id", required=True),
         "client_secret": c.str("client_secret"),
     }
-    client_auth = c.choice("client_auth", CLIENT_AUTH, "basic")
+    client_auth = c.choice("client_auth", tuple(CLIENT_AUTH_METHODS), "basic")
     params = c.string_map("params")
     own = _grant_keys(c, grant, rules, common)
     method = CLIENT_AUTH_METHODS[client_auth]

@@ -58,15 +58,13 @@ def login(
     grant: Grant,
     store: TokenStore,
     *,
-    kind: str | None = None,
     no_browser: bool = False,
     timeout: float = 300.0,
     out: Out = print,
     read: Callable[[str], str] = input,
 ) -> Token:
-    """Run the sign-in flow the grant registry names for `kind` (default: the grant's
-    configured grant) and store the token."""
-    kind = kind or _grant_kind(grant)
+    """Run the sign-in flow the grant registry names for this grant, and store the token."""
+    kind = _grant_kind(grant)
     flow = sign_in_for(kind)
     if flow is None:
         raise LoginError(

@@ -130,11 +130,13 @@ def exchange(
     data: Mapping[str, str] | None = None,
     auth: tuple[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
+    cert: tuple[str, str] | None = None,
     max_bytes: int = MAX_ANSWER_BYTES,
 ) -> Answer:
     """Send one request and read the whole answer within `timeout` seconds in total.
 
-    `headers` are added to `Accept: application/json` (a DPoP proof, a client assertion)."""
+    `headers` are added to `Accept: application/json` (a DPoP proof); `cert` is a client
+    certificate and key file for mutual TLS (RFC 8705)."""
     watch = _Watch()
     timer = threading.Timer(timeout, watch.fire)
     timer.daemon = True
@@ -151,6 +153,7 @@ def exchange(
                 headers={"Accept": "application/json", **(headers or {})},
                 timeout=(timeout, timeout),
                 verify=verify,
+                cert=cert,
                 allow_redirects=False,
                 stream=True,
             )

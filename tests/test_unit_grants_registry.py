@@ -15,11 +15,12 @@ from harness import CLIENT_ID, CLIENT_SECRET
 from proxy_addon.config import ConfigError, CredentialConfig, TokenPolicy, parse_config
 from proxy_addon.demo.certs import Pki
 from proxy_addon.demo.idp import AuthServer
+from proxy_addon.demo.server import Response
 from proxy_addon.errors import GrantError
 from proxy_addon.grants import GRANTS, ConfigRules, GrantSpec, make_grant, sign_in_for, spec_for
 from proxy_addon.grants.client_auth import METHODS, ClientAuthentication, MethodSpec, authenticate
 from proxy_addon.grants.oauth import OAuthGrant, TokenRequest
-from proxy_addon.idp_http import classify
+from proxy_addon.idp_http import Answer, classify
 from proxy_addon.login import LoginError, login
 from proxy_addon.status import describe
 from proxy_addon.store import MemoryStore
@@ -207,6 +208,50 @@ def test_prepare_reaches_the_token_endpoint(idp: AuthServer, pki: Pki) -> None:
     token = ProofGrant(cfg, str(pki.ca_cert)).obtain(None)
     assert idp.is_valid(token.access_token)
     assert seen and seen[0]["resource"] == "https://api.test"
+
+
+class NonceGrant(ProofGrant):
+    """A stand-in for DPoP's token-endpoint nonce: learns it from a refusal, asks once more."""
+
+    nonce = "none"
+
+    def prepare(self, request: TokenRequest) -> TokenRequest:
+        request.form["proof"] = f"nonce={self.nonce}"
+        return request
+
+    def again(self, request: TokenRequest, answer: Answer) -> TokenRequest | None:
+        if answer.status == 400 and b"use_dpop_nonce" in answer.body:
+            self.nonce = answer.headers.get("DPoP-Nonce", "")
+            return request
+        return None
+
+
+def test_again_sends_once_more_with_what_was_learned(idp: AuthServer, pki: Pki) -> None:
+    seen: list[str] = []
+
+    def answer(form: dict[str, str]) -> Response | None:
+        seen.append(form["proof"])
+        if len(seen) == 1 or form["proof"] != "nonce=n1":
+            return Response.of_json(400, {"error": "use_dpop_nonce"}, {"DPoP-Nonce": "n1"})
+        return None
+
+    idp.token_answer = answer
+    cfg = CredentialConfig(
+        name="api", grant="client_credentials", token_url=idp.token_url, client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET, policy=TokenPolicy(idp_timeout=5.0),
+    )  # fmt: skip
+    grant = NonceGrant(cfg, str(pki.ca_cert))
+    assert idp.is_valid(grant.obtain(None).access_token)
+    assert seen == ["nonce=none", "nonce=n1"]
+    grant.nonce = "stale"  # refused again after the retry: the refusal stands, no third try
+    seen.clear()
+    idp.token_answer = lambda form: (
+        seen.append(form["proof"]),
+        Response.of_json(400, {"error": "use_dpop_nonce"}, {"DPoP-Nonce": "stale"}),
+    )[1]
+    with pytest.raises(GrantError, match="use_dpop_nonce"):
+        grant.obtain(None)
+    assert len(seen) == 2
 
 
 # --- classify: the exchange's exception ladder, pure -----------------------------------------

@@ -31,6 +31,7 @@ class ClientAuthentication:
     basic: tuple[str, str] | None = field(default=None, repr=False)  # HTTP Basic (id, secret)
     form: Mapping[str, str] = field(default_factory=dict, repr=False)  # body parameters
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    cert: tuple[str, str] | None = None  # (certificate file, key file) for mutual TLS
 
 
 class Method(Protocol):

@@ -2,8 +2,9 @@
 authentication, one bounded request, reading the answer, and the refresh-token request.
 
 Blocking I/O: callers run these in a worker thread (the proxy) or at the command line.
-A subclass sets how it obtains a token; a grant that must add something to every request it
-sends (a DPoP proof, a header) overrides `prepare`.
+A subclass sets how it obtains a token. A grant that must add something to every request it
+sends (a DPoP proof, a header) overrides `prepare`; one that learns from a refusal how to ask
+again (a DPoP nonce) overrides `again`. Client authentication is `client_auth`'s.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class TokenRequest:
     form: dict[str, str] = field(repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     basic: tuple[str, str] | None = field(default=None, repr=False)
+    cert: tuple[str, str] | None = None  # (certificate file, key file) for mutual TLS
 
 
 class OAuthGrant:
@@ -72,12 +74,25 @@ class OAuthGrant:
         """The last word on a request before it is sent; a hook for proofs (DPoP) or headers."""
         return request
 
+    def again(self, request: TokenRequest, answer: Answer) -> TokenRequest | None:
+        """A request to send once more after `answer` refused `request` without acting on it
+        (a DPoP `use_dpop_nonce`), or None to take the answer as it is. At most once per
+        request; `prepare` runs again on it (a fresh proof with the nonce just learned)."""
+        return None
+
     def post(self, url: str, form: dict[str, str], *, what: str, timeout: float) -> Answer:
         """One bounded POST to `url` with `form` and the client's authentication."""
         client = authenticate(self.cfg, url)
         request = self.prepare(
-            TokenRequest(url, {**form, **client.form}, dict(client.headers), client.basic)
+            TokenRequest(
+                url, {**form, **client.form}, dict(client.headers), client.basic, client.cert
+            )
         )
+        answer = self._send(request, what, timeout)
+        retry = self.again(request, answer)
+        return answer if retry is None else self._send(self.prepare(retry), what, timeout)
+
+    def _send(self, request: TokenRequest, what: str, timeout: float) -> Answer:
         return exchange(
             "POST",
             request.url,
@@ -87,6 +102,7 @@ class OAuthGrant:
             data=request.form,
             auth=request.basic,
             headers=request.headers,
+            cert=request.cert,
         )
 
     def call(

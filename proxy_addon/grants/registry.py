@@ -4,6 +4,17 @@ Adding a grant is one module (a class keeping the `Grant` contract of `base`) pl
 here. `config` asks this table which grants exist and which keys each reads; the runtime,
 `status` and `authproxy login` ask it (or the grant) instead of comparing names. Factories and
 sign-in flows are imported only when a grant is built or a sign-in runs.
+
+Adding a grant (say `jwt_bearer`):
+1. `grants/jwt_bearer.py`: a class taking `(cfg, verify)` with `name`, `refreshable`,
+   `seed_id`, `persist` and `obtain(previous)` (see `base.Grant`); an OAuth grant subclasses
+   `oauth.OAuthGrant` and calls `self.call(what, form)`. Its own config keys arrive in
+   `cfg.options` (or `cfg.value(key)`); IdP failures are `GrantError`s.
+2. One line below: `"jwt_bearer": GrantSpec(".jwt_bearer:JwtBearerGrant", ConfigRules(
+   required=("issuer_claim", "private_key_file"), secret=(...)))`.
+Config checking, `authproxy tokens`, the status page, the store and `authproxy login` follow.
+A client authentication method (private_key_jwt) is one function plus one line in
+`client_auth.METHODS`; a proof on every token request (DPoP) is `OAuthGrant.prepare`/`again`.
 """
 
 from __future__ import annotations

@@ -72,8 +72,11 @@ class CredentialCache:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        store_key: str | None = None,
     ) -> None:
         self.name, self.grant, self.store, self.policy = name, grant, store, policy
+        # The row in the store (name#identity, see CredentialConfig.store_key).
+        self.store_key = store_key or name
         self._clock = clock
         self._rng = rng or random.Random()
         self._lock = asyncio.Lock()
@@ -104,7 +107,7 @@ class CredentialCache:
 
     async def force_refresh(self) -> Token:
         """Refresh now, whatever the expiry says (`authproxy refresh`)."""
-        record = await asyncio.to_thread(self.store.get, self.name) if self.store else None
+        record = await asyncio.to_thread(self.store.get, self.store_key) if self.store else None
         current = record.token if record else self._token
         if current is None:
             return await self.token()
@@ -153,20 +156,20 @@ class CredentialCache:
         """Under the store's lock: re-read, and call the IdP only if nobody else did."""
         if self.store is None:
             return self._fetch_and_wrap(self._token)
-        with self.store.lock(self.name, timeout=self._lock_timeout()):
-            current = self.store.get(self.name)
+        with self.store.lock(self.store_key, timeout=self._lock_timeout()):
+            current = self.store.get(self.store_key)
             self._seen_version = current.version if current else None
             if current is not None and self._fresh(current.token, rejected):
                 return current
             previous = current.token if current else None
             token = self._obtain(previous)
             try:
-                return self.store.put(self.name, token, current.version if current else None)
+                return self.store.put(self.store_key, token, current.version if current else None)
             except VersionConflict:
                 # Only a writer that ignored the lock (a lease that ran out mid-call) gets here;
                 # ours is still the newest token we know of, so overwrite on top of theirs.
-                latest = self.store.get(self.name)
-                return self.store.put(self.name, token, latest.version if latest else None)
+                latest = self.store.get(self.store_key)
+                return self.store.put(self.store_key, token, latest.version if latest else None)
 
     def _fresh(self, token: Token, rejected: Token | None) -> bool:
         if rejected is not None and token.access_token == rejected.access_token:
@@ -260,7 +263,7 @@ class CredentialCache:
             return False
         self._terminal_checked = now
         try:
-            record = await asyncio.to_thread(self.store.get, self.name)
+            record = await asyncio.to_thread(self.store.get, self.store_key)
         except StoreError:
             return False
         if record is None or record.version in (self._version, self._seen_version):

@@ -92,7 +92,9 @@ def check_rows(config: Config, store: TokenStore) -> None:
         try:
             store.get(cred.store_key)
         except (DamagedRowError, CorruptRowError) as e:
-            log.error("credential %s: %s", name, e)
+            # A warning, not an error: mitmproxy's ErrorCheck ends the start on any error logged,
+            # and the other credentials are to start.
+            log.warning("credential %s: %s", name, e)
         if name in stored and cred.store_key not in stored:
             log.warning(
                 "credential %s: the token store holds a token that an older authproxy stored "

@@ -91,7 +91,11 @@ def open_no_follow(path: Path, what: str) -> int:
 
 
 def check_sidecar(path: Path, what: str) -> None:
-    """Check a file SQLite opens by itself (-wal, -shm, -journal), if it exists."""
+    """Check a file SQLite opens by itself (the database, -wal, -shm, -journal), if it exists.
+
+    By lstat only: a descriptor we opened and closed on a SQLite file would drop the locks of
+    this process's SQLite connections to it.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:

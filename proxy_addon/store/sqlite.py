@@ -28,7 +28,7 @@ from ..tokens import Token
 from .base import Record, RecordMeta, StoreError, VersionConflict
 from .keys import Keyring
 from .paths import ensure_private_dir
-from .safety import UnsafePathError, check_dir, check_sidecar, open_no_follow
+from .safety import UnsafePathError, check_dir, check_sidecar
 
 __all__ = [
     "CorruptRowError",
@@ -281,36 +281,32 @@ class SqliteStore:
                     "it starts (check the store path in the config)"
                 )
             created = self._create_file()
-        fd = _open_checked(self.path)
+        checked = _check_files(self.path)
+        conn = self._connect()
         try:
-            opened = os.fstat(fd)
-            conn = self._connect()
-            try:
-                _same_file(self.path, opened)
-                # Only reads until the file has been recognised as ours: a damaged file must be
-                # left byte-for-byte as it was, for the user to inspect or restore.
-                if not self._inspect(conn):
-                    if not create:
-                        raise MissingStoreError(
-                            f"{self.path} holds no token store yet: the proxy initialises it "
-                            "when it first starts"
-                        )
-                    if opened.st_size == 0 and not created:
-                        log.warning(
-                            "the token store %s was an empty file (0 bytes); initialised it as "
-                            "a new store. If it held tokens before (a full disk, an interrupted "
-                            "copy), restore it from a backup; otherwise nothing was lost",
-                            self.path,
-                        )
-                    self._use_wal(conn)
-                    self._initialise(conn)
-                else:
-                    self._use_wal(conn)
-            except BaseException:
-                conn.close()
-                raise
-        finally:
-            os.close(fd)
+            _same_file(self.path, checked)
+            # Only reads until the file has been recognised as ours: a damaged file must be
+            # left byte-for-byte as it was, for the user to inspect or restore.
+            if not self._inspect(conn):
+                if not create:
+                    raise MissingStoreError(
+                        f"{self.path} holds no token store yet: the proxy initialises it "
+                        "when it first starts"
+                    )
+                if checked.st_size == 0 and not created:
+                    log.warning(
+                        "the token store %s was an empty file (0 bytes); initialised it as "
+                        "a new store. If it held tokens before (a full disk, an interrupted "
+                        "copy), restore it from a backup; otherwise nothing was lost",
+                        self.path,
+                    )
+                self._use_wal(conn)
+                self._initialise(conn)
+            else:
+                self._use_wal(conn)
+        except BaseException:
+            conn.close()
+            raise
         self._adopt(conn)
 
     def _create_file(self) -> bool:
@@ -592,32 +588,35 @@ def _describe(credential: str) -> str:
     return repr(name) if name == credential else f"{name!r} (row {credential!r})"
 
 
-def _open_checked(path: Path) -> int:
-    """Open the database file without following links, after checking it, its directory and
-    the files SQLite opens beside it; returns the descriptor (kept open while connecting)."""
+def _check_files(path: Path) -> os.stat_result:
+    """Check the database file, its directory and the files SQLite opens beside it.
+
+    By lstat, not by opening: closing any descriptor of the database file would drop the POSIX
+    locks of every SQLite connection to it in this process, and another process could then
+    checkpoint and reset the WAL under them. A symbolic link is refused here, and since only
+    this user can write the directory (checked first), nobody else can put one there before
+    SQLite opens the path; `_same_file` then confirms SQLite opened this very file.
+    """
     try:
         check_dir(path.parent, "token store")
-        fd = open_no_follow(path, "token store")
+        st = os.lstat(path)
     except FileNotFoundError:
         raise MissingStoreError(f"the token store {path} disappeared while opening it") from None
     except OSError as e:
         raise StoreError(f"cannot open the token store {path}: {e.strerror}") from e
-    try:
-        for suffix in ("-wal", "-shm", "-journal"):
-            check_sidecar(Path(f"{path}{suffix}"), "token store file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    check_sidecar(path, "token store")
+    for suffix in ("-wal", "-shm", "-journal"):
+        check_sidecar(Path(f"{path}{suffix}"), "token store file")
+    return st
 
 
-def _same_file(path: Path, opened: os.stat_result) -> None:
+def _same_file(path: Path, checked: os.stat_result) -> None:
     """SQLite opens by name: make sure it opened the file we checked, not a swapped one."""
     try:
-        now = os.stat(path)
+        now = os.lstat(path)
     except OSError as e:
         raise StoreError(f"cannot open the token store {path}: {e.strerror}") from e
-    if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+    if (now.st_dev, now.st_ino) != (checked.st_dev, checked.st_ino):
         raise UnsafePathError(
             f"the token store {path} was replaced while it was being opened; check who else "
             "writes to its directory, then start again"
@@ -629,7 +628,7 @@ def stored_rows(path: Path) -> int:
     anything); 0 when there is no store or it cannot be read (opening it then says why)."""
     if not os.path.lexists(path):
         return 0
-    os.close(_open_checked(path))
+    _check_files(path)
     uri = f"{Path(path).absolute().as_uri()}?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True)

@@ -86,7 +86,7 @@ def _load(args: argparse.Namespace) -> tuple[Path, Config]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .portcheck import listen_problem
+    from .portcheck import effective_listen, listen_problem
     from .runner import RunOptions, StartupError, run
 
     path, config = _load(args)
@@ -97,7 +97,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError("--listen", "", f"expected HOST:PORT, got {args.listen!r}")
         listen = (host.strip("[]"), int(port))
     # Before anything opens or creates the token store: a start that cannot listen changes nothing.
-    if problem := listen_problem(*(listen or (config.listen_host, config.listen_port))):
+    if problem := listen_problem(*effective_listen(listen, config, args.sets)):
         print(f"authproxy: {problem}", file=sys.stderr)
         return 2
     try:

@@ -8,8 +8,26 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Sequence
 
-__all__ = ["listen_problem"]
+from .config import Config
+
+__all__ = ["effective_listen", "listen_problem"]
+
+
+def effective_listen(
+    listen: tuple[str, int] | None, config: Config, sets: Sequence[str] = ()
+) -> tuple[str, int]:
+    """Where `authproxy run` will listen: --listen, else the config, with --set overriding
+    either (as mitmproxy applies --set last)."""
+    host, port = listen or (config.listen_host, config.listen_port)
+    for option in sets:
+        name, _, value = option.partition("=")
+        if name.strip() == "listen_host":
+            host = value.strip()
+        elif name.strip() == "listen_port" and value.strip().isdigit():
+            port = int(value)
+    return host, port
 
 
 def listen_problem(host: str, port: int) -> str | None:

@@ -151,6 +151,8 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     now = time.time()
     try:
         views = [_stored_view(c, store, now) for c in config.credentials.values()]
+        # Rows an older authproxy stored under a bare name: never used, only worth a note.
+        legacy = {m.credential for m in store.list()} & set(config.credentials) if store else set()
     finally:
         if store is not None:
             store.close()
@@ -180,6 +182,11 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
         )
         if v.last_error:
             print(f"  last error: {v.last_error}")
+        if v.name in legacy:
+            print(
+                "  note: a token an older authproxy stored under this name is not used; "
+                f"`authproxy logout {v.name}` removes it"
+            )
     return 0
 
 

@@ -154,6 +154,9 @@ def test_row_of_an_older_version_is_not_served_and_logout_removes_it(
     p.stop()
     key = load_config(p.config_path).credentials["api"].store_key
     assert _stored_keys(tmp_path) == {"api", key}
+    t = run_cli("--config", str(p.config_path), "tokens")
+    assert t.returncode == 0, t.stderr
+    assert "older authproxy" in t.stdout and "authproxy logout api" in t.stdout
 
     r = run_cli("--config", str(p.config_path), "logout", "api")
     assert r.returncode == 0, r.stderr

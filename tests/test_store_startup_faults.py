@@ -226,3 +226,18 @@ def test_busy_port_is_one_line_and_creates_no_store(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in line and "in use" in line, line
     assert not (tmp_path / "state").exists()
     assert not (tmp_path / "keys").exists()
+
+
+def test_listen_check_sees_the_overrides_and_a_free_port() -> None:
+    from proxy_addon.config import Config
+    from proxy_addon.portcheck import effective_listen, listen_problem
+
+    config = Config("c.yaml", listen_host="127.0.0.1", listen_port=8080)
+    assert effective_listen(None, config) == ("127.0.0.1", 8080)
+    assert effective_listen(("::1", 9), config) == ("::1", 9)
+    assert effective_listen(None, config, ["listen_port=9001"]) == ("127.0.0.1", 9001)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert listen_problem("127.0.0.1", port) is None
+    assert listen_problem("127.0.0.1", 0) is None

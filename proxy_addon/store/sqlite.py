@@ -595,7 +595,7 @@ def _check_files(path: Path) -> os.stat_result:
     locks of every SQLite connection to it in this process, and another process could then
     checkpoint and reset the WAL under them. A symbolic link is refused here, and since only
     this user can write the directory (checked first), nobody else can put one there before
-    SQLite opens the path; `_same_file` then confirms SQLite opened this very file.
+    SQLite opens the path; `_same_file` then confirms the path still names the checked file.
     """
     try:
         check_dir(path.parent, "token store")

@@ -22,6 +22,10 @@ from proxy_addon.tokens import Token
 NOBODY = 65534
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX ownership")
+# Giving a file to another user needs root (the test suite's usual user here).
+needs_root = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another user needs root"
+)
 
 
 @pytest.fixture
@@ -73,6 +77,7 @@ def test_key_file_open_to_others_is_refused(key_file: Path) -> None:
     _refused(lambda: load_keys(key_file, env={}), "open to other users", f"chmod 600 {key_file}")
 
 
+@needs_root
 def test_key_file_of_another_user_is_refused(key_file: Path) -> None:
     os.chown(key_file, NOBODY, NOBODY)
     _refused(lambda: load_keys(key_file, env={}), "another user (uid 65534)", "chown")
@@ -94,6 +99,7 @@ def test_key_file_in_a_directory_others_can_write_is_refused(key_file: Path) -> 
     )  # fmt: skip
 
 
+@needs_root
 def test_no_key_is_generated_in_a_directory_of_another_user(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
@@ -105,6 +111,7 @@ def test_no_key_is_generated_in_a_directory_of_another_user(tmp_path: Path) -> N
 # -- database and the files beside it ---------------------------------------------------------
 
 
+@needs_root
 def test_database_of_another_user_is_refused_untouched(db_path: Path, keyring: Keyring) -> None:
     os.chown(db_path, NOBODY, NOBODY)
     before = _digest(db_path)
@@ -118,6 +125,7 @@ def test_database_open_to_others_is_refused(db_path: Path, keyring: Keyring) -> 
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o660  # not silently "fixed"
 
 
+@needs_root
 @pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
 def test_planted_sidecar_is_refused(db_path: Path, keyring: Keyring, suffix: str) -> None:
     sidecar = Path(f"{db_path}{suffix}")
@@ -160,6 +168,7 @@ def test_world_writable_state_directory_is_refused(db_path: Path, keyring: Keyri
     _refused(lambda: SqliteStore(db_path, keyring), "can be written by other users")
 
 
+@needs_root
 def test_state_directory_of_another_user_is_refused(db_path: Path, keyring: Keyring) -> None:
     os.chown(db_path.parent, NOBODY, NOBODY)
     _refused(lambda: SqliteStore(db_path, keyring), "belongs to another user")

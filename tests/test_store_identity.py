@@ -190,3 +190,27 @@ def test_login_logout_and_tokens_use_the_identity_key(tmp_path: Path, caplog) ->
     r = run_cli("--config", str(config_path), "logout", "api")
     assert r.returncode == 0, r.stderr
     assert _stored_keys(tmp_path) == set()
+
+
+def test_ciphertext_is_sealed_to_the_identity_key(tmp_path: Path) -> None:
+    """A row copied onto the other config's key is refused, not served to the wrong IdP's API."""
+    import sqlite3
+
+    from proxy_addon.store.sqlite import CorruptRowError
+
+    key_a = BASE.store_key
+    key_b = dataclasses.replace(BASE, token_url="https://idp-b.example/token").store_key
+    keyring = load_keys(tmp_path / "keys" / "store.key", env={}, create=True)
+    db = tmp_path / "state" / "tokens.db"
+    with SqliteStore(db, keyring) as s:
+        s.put(key_a, Token(access_token="a" * 24, expires_at=4e9, obtained_at=0.0), None)
+        s.put(key_b, Token(access_token="b" * 24, expires_at=4e9, obtained_at=0.0), None)
+    with sqlite3.connect(db) as raw:
+        raw.execute(
+            "UPDATE tokens SET ciphertext = (SELECT ciphertext FROM tokens WHERE credential = ?)"
+            " WHERE credential = ?",
+            (key_a, key_b),
+        )
+    raw.close()
+    with SqliteStore(db, keyring) as s, pytest.raises(CorruptRowError, match="logout svc`"):
+        s.get(key_b)

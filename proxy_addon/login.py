@@ -32,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from .config import CredentialConfig
 from .errors import GrantError
 from .grants import Grant, sign_in_for
 from .grants.oauth import OAuthGrant
@@ -64,24 +65,25 @@ def login(
     read: Callable[[str], str] = input,
 ) -> Token:
     """Run the sign-in flow the grant registry names for this grant, and store the token."""
-    kind = _grant_kind(grant)
-    flow = sign_in_for(kind)
-    if flow is None:
+    cfg = _config(grant)
+    flow = sign_in_for(cfg.grant) if cfg is not None else None
+    if flow is None or cfg is None:
+        uses = f" uses grant {cfg.grant}, which" if cfg is not None else ""
         raise LoginError(
-            f"credential {grant.name!r} uses grant {kind}, which needs no sign-in; "
-            "its tokens are fetched when needed"
+            f"credential {grant.name!r}{uses} needs no sign-in; its tokens are fetched when needed"
         )
     try:
         token = flow(grant, no_browser=no_browser, timeout=timeout, out=out, read=read)
     except GrantError as e:
         raise LoginError(f"sign-in failed: {e}") from None
-    save_token(store, grant.name, token)
+    save_token(store, cfg.store_key, token)
     return token
 
 
-def _grant_kind(grant: Grant) -> str:
-    cfg = getattr(grant, "cfg", None)  # a grant without config (static) names no sign-in flow
-    return str(cfg.grant) if cfg is not None else "static"
+def _config(grant: Grant) -> CredentialConfig | None:
+    """The config an OAuth grant was built from; None for a grant without one (static)."""
+    inner = getattr(grant, "wrapped", grant)
+    return inner.cfg if isinstance(inner, OAuthGrant) else None
 
 
 def _oauth(grant: Grant) -> OAuthGrant:
@@ -106,16 +108,19 @@ def device_sign_in(
     return device_flow(_oauth(grant), timeout=timeout, out=out)
 
 
-def save_token(store: TokenStore, name: str, token: Token) -> None:
-    """Replace the stored token, under the credential's lock, so a refresh cannot interleave."""
-    with store.lock(name):
+def save_token(store: TokenStore, key: str, token: Token) -> None:
+    """Replace the stored token, under the credential's lock, so a refresh cannot interleave.
+
+    `key` is the credential's row in the store (CredentialConfig.store_key)."""
+    with store.lock(key):
         try:
-            record = store.get(name)
+            record = store.get(key)
         except StoreError as e:
+            name = key.partition("#")[0]
             raise LoginError(
                 f"{e}; nothing was stored (fix the key, or `authproxy logout {name}` first)"
             ) from None
-        store.put(name, token, record.version if record else None)
+        store.put(key, token, record.version if record else None)
 
 
 # --- authorization code + PKCE ---------------------------------------------------------------

@@ -432,7 +432,8 @@ class AuthProxy:
     async def _answered(self, flow: http.HTTPFlow, inj: Injection) -> None:
         resp = flow.response
         assert resp is not None
-        resp.headers.pop(replies.ERROR_HEADER, None)  # only the proxy speaks with this header
+        if not resp.stream:  # a streamed answer's head was handled in responseheaders
+            resp.headers.pop(replies.ERROR_HEADER, None)  # only the proxy speaks with it
         if not scrub_echoes(resp, inj.token, redacted_token(inj.route.credential, inj.token)):
             logger.warning("%s %s: answer with Content-Encoding %r withheld: it cannot be "
                            "checked for an echoed token", flow.request.method, flow.request.host,

@@ -146,9 +146,9 @@ def unsafe_options(opts: Any) -> str | None:
             "ssl_insecure turns off certificate checks, so a token could go to an impostor; "
             "trust a private CA with ca_certs in the authproxy config instead"
         )
-    if opts.map_remote:
+    if getattr(opts, "map_remote", None):
         return "map_remote changes where a request goes after its route was chosen; it is refused"
-    if opts.stickyauth:
+    if getattr(opts, "stickyauth", None):
         return "stickyauth copies Authorization headers to other requests; it is refused"
     for spec in getattr(opts, "modify_headers", None) or []:
         name = _modified_header(spec)
@@ -182,7 +182,8 @@ def unsafe_options(opts: Any) -> str | None:
                 f"mode {mode.type_name} is refused while authproxy has credentials: {why}; "
                 "use regular (the default) or socks5"
             )
-    authed = bool(opts.proxyauth) and opts.proxyauth != "any"  # "any" accepts anyone
+    proxyauth = getattr(opts, "proxyauth", None)
+    authed = bool(proxyauth) and proxyauth != "any"  # "any" accepts anyone
     listen = [m.listen_host(opts.listen_host) for m in modes]
     web_host = getattr(opts, "web_host", None)
     if web_host is not None:
@@ -194,7 +195,7 @@ def unsafe_options(opts: Any) -> str | None:
                 "credentials; listen on 127.0.0.1 (--set listen_host=127.0.0.1) or require "
                 "proxy authentication (proxy_auth in the config)"
             )
-        if not is_loopback(host) and (weak := weak_proxyauth(opts.proxyauth)):
+        if not is_loopback(host) and (weak := weak_proxyauth(proxyauth)):
             return f"listening on {host or 'all interfaces'}: {weak}"
     if web_host is not None and not is_loopback(web_host):
         return (

@@ -264,10 +264,6 @@ class AuthProxy:
             flow.response = await self._send_copy(flow, route, Resend("replay", flow.id, 1))
             return
         attempt = resend.attempt if resend is not None else 1
-        if attempt > 1 and req.raw_content:
-            # The kept body goes upstream as it is: streamed, mitmproxy does not buffer (and
-            # copy) it once more for the re-send.
-            req.stream = True
         req.headers["authorization"] = f"{token.token_type} {token.access_token}"
         inj = Injection(
             route, cache, token, attempt=attempt,

@@ -21,7 +21,7 @@ from proxy_addon.demo.run import free_port
 
 
 class _Echo(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         size = int(self.headers["content-length"])
         remaining = size
         while remaining:

@@ -145,3 +145,25 @@ def test_mitmweb_with_the_addon_as_a_script_never_shows_a_token(tmp_path, pki, i
     assert secrets_in(texts, [*tokens, CLIENT_SECRET]) == []
     assert b"api.example.test" not in in_flight[0].content  # hidden while it held a token
     assert b"<redacted:api:" in after.content  # shown once redacted
+
+
+def test_socks5_checks_the_same_names(start_proxy, idp, api) -> None:
+    """Issue 8.1 in SOCKS5 mode: the SOCKS target is the destination every name must match."""
+    socks = free_port()
+    proxy = start_proxy(_config(idp, api), "--set", "mode=regular",
+                        "--set", f"mode=socks5@127.0.0.1:{socks}")  # fmt: skip
+    url = f"https://api.example.test:{api.port}/v1/x"
+
+    def curl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["curl", "-sS", "-i", "--max-time", "20", "--socks5-hostname", f"127.0.0.1:{socks}",
+             "--cacert", str(proxy.ca), *args, url],
+            capture_output=True, text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
+        )  # fmt: skip
+
+    assert _status(curl("--request-target", f"https://other.test:{api.port}/v1/x")) == 421
+    assert _status(curl("-H", "Host: other.test")) == 421
+    assert api.requests_log == []
+    assert _status(curl()) == 200
+    assert api.requests_log[0]["authorized"]

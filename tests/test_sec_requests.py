@@ -450,3 +450,25 @@ async def test_client_authorization_on_a_copy_is_the_proxys_business() -> None:
         assert rig.replays == 1 and len(rig.sent) == 2  # the copy is not refused
         flow = await rig.send(routed_flow(Authorization="Basic dTpw"))
         assert _error(flow) == "authorization_present"
+
+
+# --- 8.6: any master with a flow view gets the in-flight hiding --------------------------------
+
+
+@in_process
+async def test_a_master_with_a_view_never_holds_a_live_token() -> None:
+    from mitmproxy.addons.view import View
+
+    view = View()
+    async with rig_context(None, view) as rig:
+        rig.addon.running()  # mitmweb -s / the console: the view exists once running
+        assert rig.addon.on_redacted is not None
+        flow = routed_flow()
+        await rig.addon.requestheaders(flow)
+        view.requestheaders(flow)  # the view runs after the addon, as in mitmproxy's chain
+        assert LIVE in flow.request.headers["authorization"]
+        assert view.get_by_id(flow.id) is None
+        flow.response = http.Response.make(200)
+        await rig.addon.response(flow)
+        assert view.get_by_id(flow.id) is flow  # shown once redacted
+        assert LIVE not in flow.request.headers["authorization"]

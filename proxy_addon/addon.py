@@ -95,8 +95,8 @@ class AuthProxy:
         self._injected: weakref.WeakKeyDictionary[http.HTTPFlow, Injection] = (
             weakref.WeakKeyDictionary()
         )
-        # Flows that got a token, kept after redaction: their streamed bodies and WebSocket
-        # messages are still scrubbed of it.
+        # Upgraded flows that got a token, kept after redaction: their WebSocket messages are
+        # still scrubbed of it.
         self._sent: weakref.WeakKeyDictionary[http.HTTPFlow, Injection] = (
             weakref.WeakKeyDictionary()
         )
@@ -271,7 +271,9 @@ class AuthProxy:
             refreshed=cache.refreshes != refreshes,
             upgrade="upgrade" in req.headers,
         )  # fmt: skip
-        self._injected[flow] = self._sent[flow] = inj
+        self._injected[flow] = inj
+        if inj.upgrade:  # kept for its WebSocket messages, which are scrubbed too
+            self._sent[flow] = inj
         self.metrics.inc("injected", route.credential)
         flow.metadata[META] = {"credential": route.credential, "route": route.index}
         if resend is not None:

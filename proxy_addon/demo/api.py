@@ -44,6 +44,7 @@ class ApiServer(BackgroundServer):
         self.always_401 = False
         self.insufficient_scope = False
         self.required_scope = "demo.write"  # named in the insufficient_scope challenge
+        self.delay = 0.0  # seconds to wait before answering (a slow API; each request its thread)
 
     @property
     def requests_log(self) -> list[dict[str, Any]]:
@@ -60,6 +61,8 @@ class ApiServer(BackgroundServer):
             return self._changed.wait_for(lambda: len(self._log) >= n, timeout)
 
     def handle(self, request: Request) -> Response:
+        if self.delay:
+            time.sleep(self.delay)
         authorizations = request.headers.get_all("Authorization") or []
         token = _bearer_token(authorizations[0]) if len(authorizations) == 1 else None
         token_fp = fingerprint(token) if token is not None else None

@@ -24,6 +24,7 @@ from proxy_addon.audit import AuditLog, strip_query_values
 from proxy_addon.cache import CredentialCache, TokenUnavailable
 from proxy_addon.config import ConfigError, load_config
 from proxy_addon.guards import request_refusal, unsafe_options
+from proxy_addon.localguard import LocalGuard
 from proxy_addon.metrics import Metrics
 from proxy_addon.redact import redacted_authorization, redacted_token, scrub_echoes
 from proxy_addon.retry import retry_decision
@@ -354,4 +355,4 @@ class AuthProxy:
         )
 
 
-addons = [AuthProxy()]
+addons = [AuthProxy(), LocalGuard()]

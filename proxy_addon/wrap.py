@@ -54,6 +54,8 @@ BUNDLE_VARIABLES = (
     "GIT_SSL_CAINFO",
     "AWS_CA_BUNDLE",
 )
+# How exec hands its temporary proxy the one-time proxy password (`authproxy run` reads it).
+ONE_TIME_AUTH_ENV = "AUTHPROXY_ONE_TIME_PROXY_AUTH"
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.S)

@@ -10,6 +10,7 @@ two ends are two small addons, `InFlight.first` and `InFlight.last`, placed acco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -68,8 +69,10 @@ class _Last:
         self._inflight = inflight
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if self._inflight.stopping and flow.response and flow.request.http_version.startswith(
-            "HTTP/1"
+        if (
+            self._inflight.stopping
+            and flow.response
+            and flow.request.http_version.startswith("HTTP/1")
         ):
             # The client's next request would find the listener gone; tell it to reconnect.
             flow.response.headers["connection"] = "close"
@@ -155,9 +158,7 @@ async def _drain(ps: object, timeout: float) -> None:
         return
 
     async def drain(writer: asyncio.StreamWriter) -> None:
-        try:
+        with contextlib.suppress(OSError, RuntimeError):  # that connection is gone
             await writer.drain()
-        except (OSError, RuntimeError):
-            pass  # that connection is gone: nothing more to deliver
 
     await asyncio.wait([asyncio.ensure_future(drain(w)) for w in writers], timeout=timeout)

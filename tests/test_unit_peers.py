@@ -71,9 +71,10 @@ def test_socket_owner_of_real_connections() -> None:
             with accepted:
                 assert socket_owner(endpoint(*peer), endpoint("127.0.0.1", port)) == os.getuid()
                 # From the client's side: the owner of the server's socket.
-                assert socket_owner(
-                    endpoint("127.0.0.1", port), endpoint(*client.getsockname())
-                ) == os.getuid()
+                assert (
+                    socket_owner(endpoint("127.0.0.1", port), endpoint(*client.getsockname()))
+                    == os.getuid()
+                )
         if os.getuid() != 0:
             return
         other = subprocess.Popen(

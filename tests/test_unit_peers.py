@@ -114,3 +114,44 @@ def test_peer_refusal(owner: int | None, gate: bool, strict: bool, served: bool)
 def test_password_gate() -> None:
     assert password_gate("user:pw") and password_gate("@/etc/htpasswd")
     assert not password_gate(None) and not password_gate("") and not password_gate("any")
+
+
+# --- the addon's hook, in this process ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("own_socket", "proxyauth", "check", "served"),
+    [
+        (True, None, "auto", True),
+        (False, None, "auto", False),  # no such socket: owner unknown, and no password asked
+        (False, "u:a-password", "auto", True),  # the password will be asked
+        (False, "any", "auto", False),  # "any" asks for nothing
+        (True, "u:a-password", "strict", True),
+        (False, "u:a-password", "strict", True),  # unknown owner but a password: served
+    ],
+)
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+def test_client_connected(
+    own_socket: bool, proxyauth: str | None, check: str, served: bool
+) -> None:
+    from mitmproxy.addons.proxyauth import ProxyAuth
+    from mitmproxy.test import taddons, tflow
+
+    from proxy_addon.localguard import LocalGuard
+
+    guard = LocalGuard(harden=False)  # hardening would change this test process
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()) as client_sock,
+        taddons.context(guard, ProxyAuth()) as tctx,
+    ):
+        accepted, peer = server.accept()
+        with accepted:
+            tctx.configure(guard, proxyauth=proxyauth, authproxy_peer_check=check)
+            client = tflow.tclient_conn()
+            client.peername = peer if own_socket else ("127.0.0.1", 1)
+            client.sockname = server.getsockname()
+            client.error = None
+            guard.client_connected(client)
+            assert (client.error is None) == served, client.error
+            assert client_sock.fileno() >= 0

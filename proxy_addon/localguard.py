@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import sys
 
 from mitmproxy import connection, ctx
@@ -56,7 +55,11 @@ def harden_process() -> None:
     """0600 for new files, no core dumps, not dumpable. Process-wide; Linux for the last."""
     os.umask(0o077)
     try:
+        import resource  # POSIX only
+
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except ImportError:
+        pass
     except (ValueError, OSError) as e:
         logger.warning("authproxy: cannot disable core dumps: %s", e)
     if sys.platform.startswith("linux"):

@@ -40,7 +40,11 @@ def peer_refusal(
     if owner is None:
         if password_gate:
             return None
-        return "its owner cannot be established and no proxy_auth is configured"
+        return (
+            "which local user opened it cannot be established (no /proc/net/tcp entry), and "
+            "no proxy password is configured to let it in instead (set proxy_auth: "
+            "'user:password' in the config)"
+        )
     if password_gate and not strict:
         return None
     return f"it belongs to another local user (uid {owner}, this proxy runs as uid {me})"

@@ -58,7 +58,7 @@ def stopped_within(proxy: Proxy, seconds: float) -> float:
 def test_sigterm_lets_requests_in_flight_finish(
     slow_proxy: Callable[..., Proxy], api: ApiServer
 ) -> None:
-    proxy = slow_proxy("--grace", "10")
+    proxy = slow_proxy("--grace", "20")
     with proxy.session() as s:  # the token, before the API becomes slow
         assert s.get(f"https://api.example.test:{api.port}/first", timeout=30).ok
     api.delay = 1.5
@@ -66,7 +66,7 @@ def test_sigterm_lets_requests_in_flight_finish(
         futures = send_in_flight(pool, proxy, api)
         assert proxy.proc is not None
         proxy.proc.send_signal(signal.SIGTERM)
-        took = stopped_within(proxy, 20)
+        took = stopped_within(proxy, 30)
         answers = [f.result() for f in futures]
     assert [r.status_code for r in answers] == [200] * IN_FLIGHT
     assert all(r.json()["token_fp"] for r in answers)
@@ -74,7 +74,7 @@ def test_sigterm_lets_requests_in_flight_finish(
     assert proxy.proc.returncode == 0
     assert not listening(proxy.port)
     out = proxy.output()
-    assert f"SIGTERM: no new connections; waiting up to 10s for {IN_FLIGHT} request(s)" in out
+    assert f"SIGTERM: no new connections; waiting up to 20s for {IN_FLIGHT} request(s)" in out
     assert "Traceback" not in out
 
 
@@ -113,7 +113,7 @@ def test_the_wait_is_bounded(
         for f in futures:
             with pytest.raises(requests.ConnectionError):
                 f.result()
-    assert took < 5
+    assert took < 8  # the API would answer after 20s, the IdP after 30s
     out = proxy.output()
     expected = "still in flight after 1s" if how == "grace" else "SIGINT again: stopping now"
     assert expected in out
@@ -135,7 +135,7 @@ def test_a_hung_token_request_does_not_hold_the_exit(
         took = stopped_within(proxy, 20)
         with pytest.raises(requests.ConnectionError):
             future.result()
-    assert took < 5
+    assert took < 8  # the API would answer after 20s, the IdP after 30s
     out = proxy.output()
     assert "a token request is still running after the grace period" in out
     assert "Traceback" not in out

@@ -317,11 +317,7 @@ def _cmd_env(args: argparse.Namespace, load: Loader) -> int:
         )
         return 2
     except OSError:
-        print(
-            f"authproxy: note: nothing answers on {host}:{config.listen_port} yet; start the "
-            "proxy with `authproxy run`",
-            file=sys.stderr,
-        )
+        pass  # not running yet: the settings hold for when it is
     sys.stdout.write(render(environment(config, host, config.listen_port, files), args.shell))
     return 0
 

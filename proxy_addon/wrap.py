@@ -38,7 +38,10 @@ from urllib.parse import quote
 from .config import Config, load_config
 from .ownproxy import NotOurProxy, proxy_status
 
-__all__ = ["SHELLS", "WrapError", "environment", "prepare_files", "register", "render"]
+__all__ = [
+    "ONE_TIME_AUTH_ENV", "SHELLS", "WrapError", "environment", "hidden_variables", "prepare_files",
+    "register", "render",
+]  # fmt: skip
 
 SHELLS = ("sh", "fish", "powershell")
 NO_PROXY = "localhost,127.0.0.1,::1"

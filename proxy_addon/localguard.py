@@ -15,18 +15,23 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
+from pathlib import Path
 
 from mitmproxy import connection, ctx
 from mitmproxy.addonmanager import Loader
 
 from proxy_addon.peers import endpoint, socket_owner
 
-__all__ = ["LocalGuard", "harden_process", "peer_refusal"]
+__all__ = ["LocalGuard", "harden_process", "make_private", "peer_refusal"]
 
 logger = logging.getLogger("authproxy")
 
 PEER_CHECKS = ("auto", "strict")
+# Options naming files that hold flows or call records: made 0600 even if they already exist
+# (mitmproxy rewrites an existing file in place, keeping its mode).
+_PRIVATE_FILES = ("save_stream_file", "hardump", "authproxy_audit_log")
 _PR_SET_DUMPABLE = 4
 
 
@@ -77,6 +82,17 @@ def harden_process() -> None:
             )
 
 
+def make_private(path: Path) -> None:
+    """0600 for an existing file of this user's that others could read."""
+    try:
+        st = path.stat()
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
+            path.chmod(0o600)
+            logger.info("authproxy: %s was open to other users; it is 0600 now", path)
+    except OSError:
+        pass  # not there yet: created 0600 under our umask
+
+
 class LocalGuard:
     def __init__(self, *, harden: bool = True) -> None:
         # harden=False only for tests that run the hooks inside the test process.
@@ -94,6 +110,12 @@ class LocalGuard:
         )  # fmt: skip
         if self._harden:
             harden_process()
+
+    def configure(self, updated: set[str]) -> None:
+        for name in _PRIVATE_FILES:
+            value = getattr(ctx.options, name, None) if name in updated else None
+            if value and value != "-":
+                make_private(Path(value.removeprefix("+")).expanduser())
 
     def client_connected(self, client: connection.Client) -> None:
         gate = password_gate(ctx.options.proxyauth)

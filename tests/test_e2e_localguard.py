@@ -229,6 +229,8 @@ def test_flow_files_har_exports_and_audit_logs_are_private(
     api_proxy: Callable[..., Proxy], api: ApiServer, tmp_path: Path
 ) -> None:
     flows, har, audit = tmp_path / "flows.mitm", tmp_path / "flows.har", tmp_path / "audit.jsonl"
+    flows.write_bytes(b"")  # an old flow file, open to others: rewritten in place by -w
+    flows.chmod(0o644)
     old_umask = os.umask(0o022)  # what the proxy inherits: files 0644 unless it says otherwise
     try:
         proxy = api_proxy("-w", str(flows), "--audit-log", str(audit), "--set", f"hardump={har}")

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import token_commands, wrap
+from . import init_command, token_commands, wrap
 from .config import Config, ConfigError, config_path, load_config
 from .store import StoreError
 
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--once", action="store_true", help="make the demo call, then stop")
     demo.set_defaults(func=_cmd_demo)
 
+    init_command.register(sub)
     token_commands.register(sub, _load)
     wrap.register(sub, _load)
 

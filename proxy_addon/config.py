@@ -49,6 +49,7 @@ GrantName = Literal[
 ]
 CLIENT_AUTH = ("basic", "post")
 EXISTING_AUTH = ("replace", "keep", "reject")
+REFRESH_TIMEOUT_FACTOR = 3  # refresh-token requests get this many times idp_timeout
 
 
 class ConfigError(Exception):
@@ -68,6 +69,20 @@ class TokenPolicy:
     retry_attempts: int = 3  # per refresh, on 5xx / timeouts / connection errors
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    # How long shutdown or a reload waits for a refresh in flight to commit its token;
+    # None: idp_timeout + 2 s (one IdP call, then the store write).
+    drain_timeout: float | None = None
+    # At most one 401-triggered refresh per credential this often. 5 s is longer than a request
+    # round trip, so a token refused again right after it replaced a refused one is caught (an
+    # API that always says 401 cannot make the proxy storm the IdP), and short enough that a
+    # real revocation a little later is still handled at once.
+    reject_grace: float = 5.0
+
+    @property
+    def refresh_timeout(self) -> float:
+        """Total deadline of a refresh-token request. Longer than `idp_timeout`: abandoning
+        one whose answer is slow may cost the sign-in (a rotated token spent on a lost answer)."""
+        return self.idp_timeout * REFRESH_TIMEOUT_FACTOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +424,10 @@ def _parse_policy(s: _Reader, base: TokenPolicy) -> TokenPolicy:
         retry_attempts=s.integer("retry_attempts", base.retry_attempts, minimum=1, maximum=10),
         backoff_initial=s.number("backoff_initial", base.backoff_initial),
         backoff_max=s.number("backoff_max", base.backoff_max),
+        drain_timeout=s.number("drain_timeout", base.drain_timeout or 0.0)
+        if s.has("drain_timeout")
+        else base.drain_timeout,
+        reject_grace=s.number("reject_grace", base.reject_grace),
     )
 
 

@@ -7,9 +7,11 @@ store without a proxy.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from .store.paths import default_db_path, default_key_file
 from .store.sqlite import SqliteStore
 
 __all__ = ["Runtime", "open_store", "trust_bundle"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,7 +56,25 @@ class Runtime:
             )
         return cls(config, store, caches, ca_bundle)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop refreshing, let a refresh in flight commit its token (bounded), close the store.
+
+        Without the wait, a token the IdP has just returned (and with it a rotated refresh
+        token, the only valid one now) would be thrown away with the closed store. `timeout`
+        defaults to the longest `drain_timeout` of the credentials.
+        """
+        caches = list(self.caches.values())
+        for cache in caches:
+            cache.close()
+        if timeout is None:
+            timeout = max((c.drain_timeout for c in caches), default=0.0)
+        deadline = time.monotonic() + timeout
+        for cache in caches:
+            if not cache.drain(max(deadline - time.monotonic(), 0.0)):
+                logger.warning(
+                    "credential %s: a token refresh was still running after %.1fs; "
+                    "closing the store anyway, its result is lost", cache.name, timeout,
+                )  # fmt: skip
         self.store.close()
 
 

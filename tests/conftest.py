@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,33 @@ NAMES = (
     "evil-example.test",
     "example.test.evil.test",
 )
+
+
+# Where a tool would find (or write) a user's files: no test may use the real ones.
+XDG_DIRS = {
+    "XDG_CONFIG_HOME": ".config",
+    "XDG_STATE_HOME": ".local/state",
+    "XDG_DATA_HOME": ".local/share",
+    "XDG_CACHE_HOME": ".cache",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test, and every process a test starts, gets a fresh HOME and XDG directories."""
+    home = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in ("HOME", *XDG_DIRS, "AUTHPROXY_CONFIG", "AUTHPROXY_KEY")}
+    os.environ["HOME"] = str(home)
+    for var, sub in XDG_DIRS.items():
+        os.environ[var] = str(home / sub)
+    os.environ.pop("AUTHPROXY_CONFIG", None)
+    os.environ.pop("AUTHPROXY_KEY", None)
+    yield home
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

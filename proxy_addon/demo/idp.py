@@ -45,7 +45,7 @@ from proxy_addon.demo.server import BackgroundServer, HangUp, Request, Response
 
 __all__ = ["DEVICE_CODE_GRANT", "FAULTS", "GRANT_TYPES", "AuthServer", "OAuthError"]
 
-FAULTS = frozenset({"500", "malformed", "invalid_grant", "slow"})
+FAULTS = frozenset({"500", "503", "malformed", "invalid_grant", "slow"})
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 GRANT_TYPES = (
     "authorization_code", "refresh_token", "client_credentials", "password", DEVICE_CODE_GRANT,
@@ -112,9 +112,14 @@ def _check_fault(fault: str | None) -> None:
         raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
 
 
-def _fault_response(fault: str | None) -> Response | None:
+def _fault_response(fault: str | None, retry_after: str | None = None) -> Response | None:
     if fault == "500":
         return Response(500, b"injected fault\n", {"Content-Type": "text/plain"})
+    if fault == "503":
+        headers = {"Content-Type": "text/plain"}
+        if retry_after is not None:
+            headers["Retry-After"] = retry_after
+        return Response(503, b"injected fault: come back later\n", headers)
     if fault == "malformed":
         # Truncated JSON, declared as JSON: the nastiest kind of "not JSON".
         headers = {"Content-Type": "application/json", **NO_STORE}
@@ -147,6 +152,10 @@ class AuthServer(BackgroundServer):
         self.include_expires_in = include_expires_in
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.slow_seconds = 2.0  # how long the "slow" fault holds each answer back
+        self.retry_after: str | None = "10"  # the Retry-After header of the "503" fault
+        # When set, the expires_in told to clients instead of the real lifetime: lets a test
+        # send 0, negative or absurd lifetimes (the real one is never below 0).
+        self.advertised_expires_in: float | None = None
         self.code_ttl = 60.0  # authorization code lifetime
         self.device_code_ttl = 600.0
         self.device_interval = 5.0  # the polling interval a device authorization starts with
@@ -161,6 +170,12 @@ class AuthServer(BackgroundServer):
         self._changed = threading.Condition(self._lock)
         self._stopping = threading.Event()  # cuts the "slow" fault's wait short on stop()
         self._fault: str | None = None
+        # Hostile switches for tests: `token_answer` may replace the answer to any token
+        # request (it gets the request's form); `token_extra` is merged into every token it
+        # grants (None removes a field); `metadata_extra` into the discovery document.
+        self.token_answer: Callable[[dict[str, str]], Response | None] | None = None
+        self.token_extra: dict[str, Any] = {}
+        self.metadata_extra: dict[str, Any] = {}
         self._fault_count: int | None = None
         self._arrived = 0
         self._log: list[dict[str, Any]] = []
@@ -220,6 +235,7 @@ class AuthServer(BackgroundServer):
             "token_endpoint_auth_methods_supported": list(_AUTH_METHODS),
             "revocation_endpoint_auth_methods_supported": list(_AUTH_METHODS),
             "authorization_response_iss_parameter_supported": True,  # RFC 9207
+            **self.metadata_extra,
         }
 
     def start(self) -> AuthServer:
@@ -380,14 +396,15 @@ class AuthServer(BackgroundServer):
         if fault == "slow" and self._stopping.wait(self.slow_seconds):
             raise HangUp
         entry: dict[str, Any] = {"time": time.time(), "grant_type": None, "client_id": None}
-        injected = _fault_response(fault)
+        injected = _fault_response(fault, self.retry_after)
         try:
             form = _read_form(request)
             entry.update((k, v) for k, v in form.items() if k not in _SECRET_PARAMS)
             basic = _basic_credentials(request.headers.get("Authorization"))
             if basic is not None:
                 entry["client_id"] = basic[0]
-            response = injected or self._grant(form, request)
+            hostile = self.token_answer(form) if self.token_answer else None
+            response = injected or hostile or self._grant(form, request)
         except OAuthError as error:
             response = injected or error.response()
         entry.update(fault=fault, status=response.status)
@@ -441,13 +458,32 @@ class AuthServer(BackgroundServer):
 
     def _token_response(self, issued: Issued, ttl: float) -> Response:
         payload: dict[str, Any] = {"access_token": issued.access, "token_type": "Bearer"}
-        if self.include_expires_in:
+        if self.advertised_expires_in is not None:
+            payload["expires_in"] = _json_number(self.advertised_expires_in)
+        elif self.include_expires_in:
             payload["expires_in"] = max(0, int(ttl))  # rounded down: never promise too much
         if issued.scope:
             payload["scope"] = issued.scope
         if issued.refresh is not None:
             payload["refresh_token"] = issued.refresh
+        for name, value in self.token_extra.items():
+            if value is None:
+                payload.pop(name, None)
+            else:
+                payload[name] = value
         return Response.of_json(200, payload, NO_STORE)
+
+    def drip(self, body: bytes, every: float, headers: dict[str, str] | None = None) -> Response:
+        """A 200 answer that sends `body` one byte every `every` seconds (until stop())."""
+
+        def chunks() -> Iterable[bytes]:
+            for i in range(len(body)):
+                if self._stopping.wait(every):
+                    return
+                yield body[i : i + 1]
+
+        hdrs = {"Content-Type": "application/json", **NO_STORE, **(headers or {})}
+        return Response(200, b"", hdrs, chunks=chunks())
 
     # Revocation (RFC 7009).
 

@@ -45,8 +45,22 @@ class TokenStore(Protocol):
     def lock(self, credential: str, timeout: float = 60.0) -> AbstractContextManager[None]:
         """Hold the per-credential refresh lock, across threads and processes.
 
-        Waits up to `timeout` seconds (raises TimeoutError after). A lock left by a killed
-        holder expires on its own.
+        The contract every backend keeps:
+        - One holder per credential at a time, among all threads and processes using the store;
+          other credentials and readers (`get`) are never blocked by it.
+        - The lock is a lease that stays held for as long as the block runs, however long the
+          refresh takes (backends renew it while held); it is released on exit, and a release
+          only ever drops the caller's own lease.
+        - A holder that dies loses it: at once when it is seen dead (same host, its process is
+          gone), else when its lease runs out unrenewed (a backend's TTL, seconds to tens of
+          seconds). Wall-clock steps neither extend nor cut a lease short where a backend can
+          measure it with a clock that does not step.
+        - Waits up to `timeout` seconds, then raises TimeoutError, promptly (within about a
+          tenth of a second more); `timeout=0` tries once. Callers on a request path pass a
+          short timeout and answer the client themselves rather than queue.
+        - Only a holder stalled for longer than the lease (a stopped process) can lose it while
+          still inside the block, so writes made under the lock still use `put`'s
+          compare-and-set.
         """
         ...
 

@@ -23,9 +23,11 @@ class MemoryStore:
 
     @contextmanager
     def lock(self, credential: str, timeout: float = 60.0) -> Iterator[None]:
+        # One process: a holder cannot die without leaving the block, so a plain lock is the
+        # whole lease. threading refuses negative and huge timeouts; the contract takes both.
         with self._guard:
             lk = self._locks.setdefault(credential, threading.Lock())
-        if not lk.acquire(timeout=timeout):
+        if not lk.acquire(timeout=min(max(timeout, 0.0), threading.TIMEOUT_MAX)):
             raise TimeoutError(f"timed out waiting for the refresh lock of {credential!r}")
         try:
             yield

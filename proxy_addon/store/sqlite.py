@@ -28,6 +28,7 @@ from cryptography.fernet import InvalidToken
 from ..tokens import Token
 from .base import Record, RecordMeta, StoreError, VersionConflict
 from .keys import Keyring
+from .lease import RENEWALS_PER_TTL, Holder, LeaseClocks, LeaseRow, lease_verdict
 from .paths import ensure_private_dir
 
 __all__ = [
@@ -51,10 +52,14 @@ _SCHEMA = (
         updated_at REAL NOT NULL,
         version INTEGER NOT NULL
     )""",
+    # The refresh locks: see lease.py. `holder` and `boot_expires_at` were added later; an
+    # older store gains them on first use of a lock (_lease_columns).
     """CREATE TABLE IF NOT EXISTS locks (
         credential TEXT PRIMARY KEY,
         owner TEXT NOT NULL,
-        expires_at REAL NOT NULL
+        expires_at REAL NOT NULL,
+        holder TEXT,
+        boot_expires_at REAL
     )""",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
@@ -63,9 +68,11 @@ _TABLES = frozenset({"tokens", "locks", "meta"})
 # SQLite primary result codes (the low byte of sqlite_errorcode).
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
 
-# Lock polling: start fast so an uncontended hand-over is quick, cap so that many waiters
-# do not keep taking the write lock.
+# Lock polling: start fast so an uncontended hand-over is quick, cap so that a waiter notices
+# a release (or a dead holder) within a tenth of a second. A poll only reads; the write lock is
+# taken only when the lease looks free.
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1
+_LEASE_COLUMNS = (("holder", "TEXT"), ("boot_expires_at", "REAL"))
 
 
 class CorruptStoreError(StoreError):
@@ -116,13 +123,20 @@ class SqliteStore:
         keyring: Keyring,
         *,
         create: bool = True,
-        lock_ttl: float = 30.0,
+        lock_ttl: float = 15.0,
         busy_timeout: float = 10.0,
+        clocks: LeaseClocks | None = None,
     ) -> None:
         self.path = Path(path)
         self._keyring = keyring
         self._lock_ttl = lock_ttl
         self._busy_timeout = busy_timeout
+        self._clocks = clocks or LeaseClocks()
+        self._lease_columns_ok = False
+        # credential -> (row signature, boot-clock time first seen): how long a lease row has
+        # gone without renewal, as this process watched it (see lease.lease_verdict).
+        self._watched: dict[str, tuple[tuple[str, float, float | None], float]] = {}
+        self._watched_guard = threading.Lock()
         self._local = threading.local()
         self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._conns_guard = threading.Lock()
@@ -145,13 +159,16 @@ class SqliteStore:
 
     @contextmanager
     def lock(self, credential: str, timeout: float = 60.0) -> Iterator[None]:
-        # Unique per acquisition, so a release can never drop a lease someone else now holds;
-        # pid and thread are there for whoever inspects the locks table.
+        # Unique per acquisition, so a renewal or release never touches a lease someone else
+        # now holds; pid and thread are there for whoever inspects the locks table.
         owner = f"{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex}"
         self._acquire(credential, owner, timeout)
+        renewer = _Renewer(self, credential, owner, self._lock_ttl / RENEWALS_PER_TTL)
         try:
+            renewer.start()
             yield
         finally:
+            renewer.stop()
             self._release(credential, owner)
 
     def put(self, credential: str, token: Token, expected_version: int | None) -> Record:
@@ -451,41 +468,105 @@ class SqliteStore:
     # -- locks --------------------------------------------------------------------------------
 
     def _acquire(self, credential: str, owner: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, 0.0)
+        holder = Holder.me(self._clocks.host, self._lock_ttl)
         delay = _POLL_FIRST
-        while not self._try_acquire(credential, owner):
+        while True:
+            budget = deadline - time.monotonic()
+            try:
+                if self._try_acquire(credential, owner, holder, budget):
+                    return
+            except StoreBusyError:
+                if budget >= self._busy_timeout:
+                    raise  # another writer kept the database for the whole busy_timeout
+                # It kept it for as long as this waiter had left: that is a time-out.
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(
-                    f"timed out after {timeout:g}s waiting for the refresh lock of "
-                    f"{credential!r} in {self.path}: another thread or process holds it "
-                    "(a lock left by a killed process expires on its own)"
-                )
+                raise TimeoutError(self._timeout_message(credential, timeout))
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, _POLL_MAX)
 
-    def _try_acquire(self, credential: str, owner: str) -> bool:
+    def _timeout_message(self, credential: str, timeout: float) -> str:
+        return (
+            f"timed out after {timeout:g}s waiting for the refresh lock of {credential!r} in "
+            f"{self.path}: another thread or process is refreshing it (a lock left by a "
+            "killed process is taken over at once on the same host, after its lease elsewhere)"
+        )
+
+    def _try_acquire(self, credential: str, owner: str, holder: Holder, budget: float) -> bool:
+        """Take the lease if it is free or its holder has lost it; waits at most `budget`."""
         conn = self._conn()
-        with self._errors(f"taking the refresh lock of {credential!r}"), self._transaction(conn):
-            now = time.time()
-            row = conn.execute(
-                "SELECT owner, expires_at FROM locks WHERE credential = ?", (credential,)
-            ).fetchone()
-            if row is not None:
-                if row[1] > now:
-                    return False
-                log.warning(
-                    "taking over the refresh lock of %r: its holder (%s) let the lease expire "
-                    "%.1fs ago (killed, or stuck for longer than its lock_ttl)",
-                    credential,
-                    row[0],
-                    now - row[1],
-                )
+        doing = f"taking the refresh lock of {credential!r}"
+        with self._errors(doing):
+            self._lease_columns(conn)
+            # A plain read never waits for a writer (WAL): waiters do not queue for the write
+            # lock while the lease is plainly held.
+            row = self._read_lease(conn, credential)
+        if row is not None and self._lease_lost(credential, row) is None:
+            return False
+        with (
+            self._errors(doing),
+            self._busy_limit(conn, budget),
+            self._transaction(conn),
+        ):
+            row = self._read_lease(conn, credential)
+            why = None if row is None else self._lease_lost(credential, row)
+            if row is not None and why is None:
+                return False
+            ttl = self._lock_ttl
             conn.execute(
-                "INSERT OR REPLACE INTO locks (credential, owner, expires_at) VALUES (?, ?, ?)",
-                (credential, owner, now + self._lock_ttl),
+                """INSERT OR REPLACE INTO locks
+                   (credential, owner, expires_at, holder, boot_expires_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                (
+                    credential,
+                    owner,
+                    self._clocks.wall() + ttl,
+                    holder.to_json(),
+                    self._clocks.boot() + ttl,
+                ),
             )
+        if why is not None:
+            log.warning("taking over the refresh lock of %r: %s", credential, why)
+        with self._watched_guard:
+            self._watched.pop(credential, None)
         return True
+
+    def _read_lease(self, conn: sqlite3.Connection, credential: str) -> LeaseRow | None:
+        row = conn.execute(
+            "SELECT owner, expires_at, holder, boot_expires_at FROM locks WHERE credential = ?",
+            (credential,),
+        ).fetchone()
+        if row is None:
+            return None
+        return LeaseRow(row[0], row[1], Holder.from_json(row[2]), row[3])
+
+    def _lease_lost(self, credential: str, row: LeaseRow) -> str | None:
+        """None while `row`'s holder keeps its lease, else why it has lost it."""
+        boot = self._clocks.boot()
+        with self._watched_guard:
+            seen = self._watched.get(credential)
+            if seen is None or seen[0] != row.signature:
+                seen = self._watched[credential] = (row.signature, boot)
+        return lease_verdict(
+            row,
+            here=self._clocks.host,
+            wall_now=self._clocks.wall(),
+            boot_now=boot,
+            unchanged_for=boot - seen[1],
+        )
+
+    def _renew(self, credential: str, owner: str) -> bool:
+        """Extend our lease by a TTL from now; False if it is no longer ours."""
+        conn = self._conn()
+        ttl = self._lock_ttl
+        with self._errors(f"renewing the refresh lock of {credential!r}"):
+            cur = conn.execute(
+                """UPDATE locks SET expires_at = ?, boot_expires_at = ?
+                   WHERE credential = ? AND owner = ?""",
+                (self._clocks.wall() + ttl, self._clocks.boot() + ttl, credential, owner),
+            )
+        return cur.rowcount > 0
 
     def _release(self, credential: str, owner: str) -> None:
         try:
@@ -500,11 +581,42 @@ class SqliteStore:
             return
         if cur.rowcount == 0:
             log.warning(
-                "the refresh lock of %r expired while held (held longer than lock_ttl=%gs); "
-                "another holder may have taken it meanwhile",
+                "the refresh lock of %r was taken over while held (this holder stalled for "
+                "longer than lock_ttl=%gs without renewing it); another holder may have "
+                "refreshed meanwhile",
                 credential,
                 self._lock_ttl,
             )
+
+    def _lease_columns(self, conn: sqlite3.Connection) -> None:
+        """Add the lease columns to a store created before they existed (once per store).
+
+        Older authproxy versions keep working with the wider table: they write only owner and
+        expires_at, and their rows are judged by the wall clock.
+        """
+        if self._lease_columns_ok:
+            return
+        have = {r[1] for r in conn.execute("PRAGMA table_info(locks)")}
+        if any(name not in have for name, _ in _LEASE_COLUMNS):
+            with self._transaction(conn):
+                have = {r[1] for r in conn.execute("PRAGMA table_info(locks)")}
+                for name, kind in _LEASE_COLUMNS:
+                    if name not in have:
+                        conn.execute(f"ALTER TABLE locks ADD COLUMN {name} {kind}")
+        self._lease_columns_ok = True
+
+    @contextmanager
+    def _busy_limit(self, conn: sqlite3.Connection, seconds: float) -> Iterator[None]:
+        """Wait at most `seconds` (not the whole busy_timeout) for another writer."""
+        limit = min(self._busy_timeout, max(seconds, 0.0))
+        if limit >= self._busy_timeout:
+            yield
+            return
+        conn.execute(f"PRAGMA busy_timeout = {int(limit * 1000)}")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
 
     # -- encryption ---------------------------------------------------------------------------
 
@@ -541,3 +653,44 @@ class SqliteStore:
             f"AUTHPROXY_KEY to the key this store was written with, or run "
             f"`authproxy logout {credential}` to discard the stored token"
         )
+
+
+class _Renewer:
+    """Extends a held lease every `every` seconds, so a refresh may outlast the TTL.
+
+    A holder that dies stops renewing with it, so the TTL still bounds how long a killed holder
+    on another host blocks everyone. Stops with the lock's block; the release waits for it.
+    """
+
+    def __init__(self, store: SqliteStore, credential: str, owner: str, every: float) -> None:
+        self._store, self._credential, self._owner, self._every = store, credential, owner, every
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"authproxy-lease-{credential}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._every):
+            try:
+                kept = self._store._renew(self._credential, self._owner)
+            except StoreError as e:
+                if self._store._closed:
+                    return
+                log.warning("could not renew the refresh lock of %r (%s)", self._credential, e)
+                continue
+            if not kept:
+                if not self._stopping.is_set():
+                    log.error(
+                        "lost the refresh lock of %r: this holder stalled for longer than "
+                        "its lease and another one took it over; their refresh may race this one",
+                        self._credential,
+                    )
+                return

@@ -1,6 +1,7 @@
 """A graceful stop for `authproxy run`: the first SIGTERM/SIGINT closes the listeners and lets
-the requests in flight (and the token refreshes they wait for) finish within a grace period;
-a second signal, or the end of the grace period, stops at once.
+the requests in flight (and the token refreshes they wait for) finish within a grace period
+(`--grace`); then the shutdown hooks run (the token cache gives a refresh in flight up to its
+`drain_timeout` to commit a rotated refresh token). A second signal ends the process at once.
 
 A request is in flight from its `requestheaders` hook (the first addon of the chain, before the
 token work) until its `response` or `error` hook has run in every addon (the last addon): the
@@ -93,19 +94,21 @@ class GracefulStop:
         self.deadline: float | None = None  # monotonic; set by the first signal
 
     def signal(self, signum: int) -> None:
-        name = signal.Signals(signum).name
         if self._task is not None:
-            logger.warning("authproxy: %s again: stopping now", name)
-            self.deadline = time.monotonic()
-            self._master.shutdown()
             return
         self.deadline = time.monotonic() + self._grace
         logger.warning(
             "authproxy: %s: no new connections; waiting up to %gs for %d request(s) in flight "
             "(send it again to stop at once)",
-            name, self._grace, len(self._inflight),
+            signal.Signals(signum).name, self._grace, len(self._inflight),
         )  # fmt: skip
-        self._task = asyncio.get_running_loop().create_task(self._stop())
+        loop = asyncio.get_running_loop()
+        # From now on a signal ends the process at once, even while a shutdown hook blocks the
+        # event loop (a refresh in flight is given time to commit its token).
+        for s in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(s)
+            signal.signal(s, _exit_now)
+        self._task = loop.create_task(self._stop())
 
     async def _stop(self) -> None:
         deadline = self.deadline or time.monotonic()
@@ -133,7 +136,8 @@ class GracefulStop:
         if self.deadline is None:
             return
         loop = asyncio.get_running_loop()
-        remaining = max(0.0, self.deadline - time.monotonic())
+        # At least a moment: idle worker threads end at once, a busy one does not.
+        remaining = max(1.0, self.deadline - time.monotonic())
         try:
             await asyncio.wait_for(loop.shutdown_default_executor(), remaining)
         except TimeoutError:
@@ -144,6 +148,14 @@ class GracefulStop:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             os._exit(0)
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    # In a signal handler: no logging (its locks may be held), no cleanup; the flow file gets
+    # no more flows, so none half-redacted either.
+    with contextlib.suppress(OSError):
+        os.write(2, f"authproxy: {signal.Signals(signum).name} again: stopping now\n".encode())
+    os._exit(128 + signum)
 
 
 async def _drain(ps: object, timeout: float) -> None:

@@ -26,10 +26,11 @@ IN_FLIGHT = 10
 def slow_proxy(
     start_proxy: Callable[..., Proxy], idp: AuthServer, api: ApiServer
 ) -> Callable[..., Proxy]:
-    def start(*args: str) -> Proxy:
+    def start(*args: str, **extra: object) -> Proxy:
         config = {
             "credentials": {"api": cc_credential(idp.token_url)},
             "routes": [route("api.example.test", api.port)],
+            **extra,
         }
         return start_proxy(config, *args)
 
@@ -120,10 +121,14 @@ def test_the_wait_is_bounded(
     assert "Traceback" not in out
 
 
+@pytest.mark.parametrize("how", ["drain_timeout", "second signal"])
 def test_a_hung_token_request_does_not_hold_the_exit(
-    slow_proxy: Callable[..., Proxy], api: ApiServer, idp: AuthServer
+    how: str, slow_proxy: Callable[..., Proxy], api: ApiServer, idp: AuthServer
 ) -> None:
-    proxy = slow_proxy("--grace", "1")
+    """The token cache gives a refresh in flight `drain_timeout` (default idp_timeout + 2 s)
+    to commit its token once the requests are given up; a second signal cuts that short."""
+    tokens = {"tokens": {"drain_timeout": 1}} if how == "drain_timeout" else {}
+    proxy = slow_proxy("--grace", "1", **tokens)
     idp.slow_seconds, idp.fault = 30, "slow"
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(
@@ -132,12 +137,21 @@ def test_a_hung_token_request_does_not_hold_the_exit(
         assert idp.wait_for_requests(1, 30, arrived=True)  # the token request hangs at the IdP
         assert proxy.proc is not None
         proxy.proc.send_signal(signal.SIGTERM)
+        if how == "second signal":
+            deadline = time.monotonic() + 10
+            while "still in flight after 1s" not in proxy.output():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)  # polling the proxy's log
+            proxy.proc.send_signal(signal.SIGINT)
         took = stopped_within(proxy, 20)
         with pytest.raises(requests.ConnectionError):
             future.result()
-    assert took < 8  # the API would answer after 20s, the IdP after 30s
+    assert took < 8  # the IdP would answer after 30s
     out = proxy.output()
-    assert "a token request is still running after the grace period" in out
+    if how == "second signal":
+        assert "SIGINT again: stopping now" in out
+    else:
+        assert "a token request is still running after the grace period" in out
     assert "Traceback" not in out
 
 

@@ -130,6 +130,8 @@ class LocalGuard:
             except ValueError:
                 pass
             else:
+                # Synchronous on purpose: mitmproxy 12 crashes when a client goes away while an
+                # async client_connected hook is pending. The read takes about a millisecond.
                 owner = socket_owner(peer, ours)
         if why := peer_refusal(owner=owner, me=self._me, password_gate=gate, strict=strict):
             where = _address(client.peername)

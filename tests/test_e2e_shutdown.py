@@ -44,8 +44,9 @@ def send_in_flight(
         with proxy.session() as s:
             return s.get(f"https://api.example.test:{api.port}/slow/{i}", timeout=30)
 
+    before = api.arrived
     futures = [pool.submit(call, i) for i in range(IN_FLIGHT)]
-    assert api.wait_for_arrivals(IN_FLIGHT, 30)  # all of them are at the API now
+    assert api.wait_for_arrivals(before + IN_FLIGHT, 30)  # all of them are at the API now
     return futures
 
 

@@ -7,6 +7,7 @@ authproxy_config=FILE`. Imports are absolute because mitmproxy loads a script by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -244,12 +245,15 @@ class AuthProxy:
             return []
 
         def read() -> dict[str, object]:
-            return {n: c.store.get(n) if c.store else None for n, c in rt.caches.items()}
+            # Row by row: one damaged row must not blank out the others.
+            out: dict[str, object] = {}
+            for n, c in rt.caches.items():
+                with contextlib.suppress(StoreError):
+                    key = rt.config.credentials[n].store_key
+                    out[n] = c.store.get(key) if c.store else None
+            return out
 
-        try:
-            records = await asyncio.to_thread(read)
-        except StoreError:
-            records = {}
+        records = await asyncio.to_thread(read)
         now = time.time()
         views = [
             describe(cfg, records.get(name), now, rt.caches[name].status())  # type: ignore[arg-type]

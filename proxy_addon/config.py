@@ -8,7 +8,9 @@ environment), so that the rules are easy to test. Every error names the file, th
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -48,6 +50,9 @@ GrantName = Literal[
     "client_credentials", "refresh_token", "authorization_code", "device_code", "password", "static"
 ]
 CLIENT_AUTH = ("basic", "post")
+STORE_KEY_SEPARATOR = "#"
+# Authorization parameters that change the sign-in page, not the token: left out of identity.
+_UI_ONLY_PARAMS = frozenset({"prompt", "login_hint", "ui_locales", "display", "max_age"})
 EXISTING_AUTH = ("replace", "keep", "reject")
 REFRESH_TIMEOUT_FACTOR = 3  # refresh-token requests get this many times idp_timeout
 
@@ -119,6 +124,42 @@ class CredentialConfig:
     @property
     def interactive(self) -> bool:
         return self.grant in INTERACTIVE
+
+    @property
+    def identity(self) -> str:
+        """16 hex digits naming what a token of this credential is valid for.
+
+        Two configs may both call a credential `svc` while meaning different IdPs, clients or
+        APIs; the store keeps their tokens apart by this digest. It covers what decides who
+        issued a token and to whom (grant, token URL or issuer, client id, scopes, audience and
+        the other token parameters, the user of a password grant), never a secret, and nothing
+        that only tunes behaviour (timings, client_auth, the redirect port): changing those
+        must not orphan a login.
+        """
+        auth_params = {
+            k: v for k, v in self.authorization_params.items() if k not in _UI_ONLY_PARAMS
+        }
+        parts = {
+            "grant": self.grant,
+            "token_url": self.token_url,
+            "issuer": self.issuer,
+            "client_id": self.client_id,
+            "scopes": sorted(set(self.scopes)),
+            "params": dict(sorted(self.params.items())),
+            "authorization_params": dict(sorted(auth_params.items())),
+            "username": self.username if self.grant == "password" else None,
+        }
+        canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def store_key(self) -> str:
+        """The row of the token store that holds this credential's tokens: `name#identity`.
+
+        `#` cannot occur in a credential name, so a key never collides with a bare name (the
+        rows of authproxy versions before identities existed, which are never served).
+        """
+        return f"{self.name}{STORE_KEY_SEPARATOR}{self.identity}"
 
 
 @dataclass(frozen=True, slots=True)

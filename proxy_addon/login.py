@@ -77,20 +77,23 @@ def login(
             )
     except GrantError as e:
         raise LoginError(f"sign-in failed: {e}") from None
-    save_token(store, grant.name, token)
+    save_token(store, grant.cfg.store_key, token)
     return token
 
 
-def save_token(store: TokenStore, name: str, token: Token) -> None:
-    """Replace the stored token, under the credential's lock, so a refresh cannot interleave."""
-    with store.lock(name):
+def save_token(store: TokenStore, key: str, token: Token) -> None:
+    """Replace the stored token, under the credential's lock, so a refresh cannot interleave.
+
+    `key` is the credential's row in the store (CredentialConfig.store_key)."""
+    with store.lock(key):
         try:
-            record = store.get(name)
+            record = store.get(key)
         except StoreError as e:
+            name = key.partition("#")[0]
             raise LoginError(
                 f"{e}; nothing was stored (fix the key, or `authproxy logout {name}` first)"
             ) from None
-        store.put(name, token, record.version if record else None)
+        store.put(key, token, record.version if record else None)
 
 
 # --- authorization code + PKCE ---------------------------------------------------------------

@@ -21,6 +21,9 @@ from typing import Any, Literal
 
 import yaml
 
+from .grants.base import ConfigRules
+from .grants.client_auth import METHODS as CLIENT_AUTH_METHODS
+from .grants.registry import GRANTS as GRANT_SPECS
 from .providers import PRESETS
 from .routes import Route, RouteTable, normalize_host
 from .tokens import fingerprint
@@ -36,20 +39,6 @@ __all__ = [
     "parse_config",
 ]
 
-GRANTS = (
-    "client_credentials",
-    "refresh_token",
-    "authorization_code",
-    "device_code",
-    "password",
-    "static",
-)
-# Grants whose tokens come from a person signing in (`authproxy login`).
-INTERACTIVE = ("authorization_code", "device_code")
-GrantName = Literal[
-    "client_credentials", "refresh_token", "authorization_code", "device_code", "password", "static"
-]
-CLIENT_AUTH = ("basic", "post")
 STORE_KEY_SEPARATOR = "#"
 # Authorization parameters that change the sign-in page, not the token: left out of identity.
 _UI_ONLY_PARAMS = frozenset({"prompt", "login_hint", "ui_locales", "display", "max_age"})
@@ -93,7 +82,7 @@ class TokenPolicy:
 @dataclass(frozen=True, slots=True)
 class CredentialConfig:
     name: str
-    grant: GrantName
+    grant: str  # a name in the grant registry
     token_url: str | None = None  # None with an issuer: found by discovery
     issuer: str | None = None
     authorization_url: str | None = None
@@ -105,12 +94,14 @@ class CredentialConfig:
     password: str | None = field(default=None, repr=False)
     client_id: str | None = field(default=None, repr=False)
     client_secret: str | None = field(default=None, repr=False)
-    client_auth: Literal["basic", "post"] = "basic"
+    client_auth: str = "basic"  # a name in the client authentication registry
     scopes: tuple[str, ...] = ()
     params: Mapping[str, str] = field(default_factory=dict)
     refresh_token: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
     policy: TokenPolicy = field(default_factory=TokenPolicy)
+    # Keys a grant or client authentication method reads that have no field of their own.
+    options: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def seed_id(self) -> str | None:
@@ -118,12 +109,24 @@ class CredentialConfig:
         return fingerprint(self.refresh_token) if self.refresh_token else None
 
     def secrets(self) -> list[str]:
-        found = (self.client_secret, self.refresh_token, self.token, self.password)
+        found = [self.client_secret, self.refresh_token, self.token, self.password]
+        spec = GRANT_SPECS.get(self.grant)
+        method = CLIENT_AUTH_METHODS.get(self.client_auth)
+        for key in (*(spec.rules.secret if spec else ()), *(method.secret if method else ())):
+            found.append(self.options.get(key))
         return [s for s in found if s]
+
+    def value(self, key: str) -> str | None:
+        """A grant's config key: its own field, or one of `options`."""
+        if key in _OWN_FIELDS:
+            own = getattr(self, key)
+            return own if isinstance(own, str) else None
+        return self.options.get(key)
 
     @property
     def interactive(self) -> bool:
-        return self.grant in INTERACTIVE
+        """Do its tokens come only from a person signing in (`authproxy login`)?"""
+        return GRANT_SPECS[self.grant].interactive
 
     @property
     def identity(self) -> str:
@@ -147,7 +150,7 @@ class CredentialConfig:
             "scopes": sorted(set(self.scopes)),
             "params": dict(sorted(self.params.items())),
             "authorization_params": dict(sorted(auth_params.items())),
-            "username": self.username if self.grant == "password" else None,
+            "username": self.username,  # only a grant that reads it (password) has one
         }
         canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -160,6 +163,12 @@ class CredentialConfig:
         rows of authproxy versions before identities existed, which are never served).
         """
         return f"{self.name}{STORE_KEY_SEPARATOR}{self.identity}"
+
+
+# The string-valued keys of the config that CredentialConfig keeps as fields of their own.
+_OWN_FIELDS = frozenset(
+    {"username", "password", "client_id", "client_secret", "refresh_token", "token"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,14 +502,16 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
         if preset not in PRESETS:
             raise c.error("preset", f"expected one of {', '.join(sorted(PRESETS))}, got {preset!r}")
         c = c.with_defaults(PRESETS[preset])
-    grant = c.choice("grant", GRANTS, "") if c.has("grant") else None
+    grants = tuple(GRANT_SPECS)  # the registry says which grants exist
+    grant = c.choice("grant", grants, "") if c.has("grant") else None
     if grant is None:
-        raise c.error("grant", f"is required: one of {', '.join(GRANTS)}")
+        raise c.error("grant", f"is required: one of {', '.join(grants)}")
+    rules = GRANT_SPECS[grant].rules
     cred_policy = _parse_policy(c, policy)
-    if grant == "static":
-        token = c.str("token", required=True)
+    if not rules.oauth:
+        own = _grant_keys(c, grant, rules, {})
         c.done(_POLICY_KEYS)
-        return CredentialConfig(name, "static", token=token, policy=cred_policy)
+        return CredentialConfig(name, grant, policy=cred_policy, **own)
 
     tenant = c.str("tenant", "") or ""
     issuer = _https_url(c, "issuer", tenant)
@@ -509,34 +520,67 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
         raise c.error("token_url", "is required (or give issuer: to discover the endpoints)")
     scopes = c.words("scopes")
     scopes += tuple(s for s in c.words("required_scopes") if s not in scopes)
-    cred = CredentialConfig(
+    endpoints = {
+        key: _https_url(c, key, tenant)
+        for key in ("authorization_url", "device_authorization_url", "revocation_url")
+    }
+    authorization_params = c.string_map("authorization_params")
+    redirect_port = c.integer("redirect_port", 0, minimum=0, maximum=65535)
+    common = {
+        "client_id": c.str("client_id", required=True),
+        "client_secret": c.str("client_secret"),
+    }
+    client_auth = c.choice("client_auth", tuple(CLIENT_AUTH_METHODS), "basic")
+    params = c.string_map("params")
+    own = _grant_keys(c, grant, rules, common)
+    method = CLIENT_AUTH_METHODS[client_auth]
+    options = {
+        **own.pop("options", {}),
+        **{k: c.str(k, required=True) or "" for k in method.required},
+        **{k: v for k in method.optional if (v := c.str(k)) is not None},
+    }
+    if rules.endpoint is not None and not (endpoints.get(rules.endpoint) or issuer):
+        raise c.error(rules.endpoint, "is required (or give issuer: to discover it)")
+    c.done(_POLICY_KEYS)
+    return CredentialConfig(
         name,
-        grant,  # type: ignore[arg-type]
+        grant,
         token_url=token_url,
         issuer=issuer,
-        authorization_url=_https_url(c, "authorization_url", tenant),
-        device_authorization_url=_https_url(c, "device_authorization_url", tenant),
-        revocation_url=_https_url(c, "revocation_url", tenant),
-        authorization_params=c.string_map("authorization_params"),
-        redirect_port=c.integer("redirect_port", 0, minimum=0, maximum=65535),
-        client_id=c.str("client_id", required=True),
-        client_secret=c.str("client_secret"),
-        client_auth=c.choice("client_auth", CLIENT_AUTH, "basic"),  # type: ignore[arg-type]
+        authorization_params=authorization_params,
+        redirect_port=redirect_port,
+        client_auth=client_auth,
         scopes=scopes,
-        params=c.string_map("params"),
-        refresh_token=c.str("refresh_token") if grant == "refresh_token" else None,
-        username=c.str("username", required=True) if grant == "password" else None,
-        password=c.str("password", required=True) if grant == "password" else None,
+        params=params,
         policy=cred_policy,
+        options=options,
+        **endpoints,
+        **common,
+        **own,
     )
-    if grant == "client_credentials" and not cred.client_secret:
-        raise c.error("client_secret", "is required for grant client_credentials")
-    if grant == "authorization_code" and not (cred.authorization_url or issuer):
-        raise c.error("authorization_url", "is required (or give issuer: to discover it)")
-    if grant == "device_code" and not (cred.device_authorization_url or issuer):
-        raise c.error("device_authorization_url", "is required (or give issuer: to discover it)")
-    c.done(_POLICY_KEYS)
-    return cred
+
+
+def _grant_keys(
+    c: _Reader, grant: str, rules: ConfigRules, read: dict[str, str | None]
+) -> dict[str, Any]:
+    """The keys the grant itself reads: fields of CredentialConfig by name, others as `options`.
+
+    A key the common part has `read` already (client_secret) is required "for grant <name>"."""
+    own: dict[str, Any] = {}
+    options: dict[str, str] = {}
+    for key in (*rules.required, *rules.optional):
+        if key in read:
+            if key in rules.required and not read[key]:
+                raise c.error(key, f"is required for grant {grant}")
+            continue
+        value = c.str(key, required=key in rules.required)
+        if key in _OWN_FIELDS:
+            own[key] = value
+        elif value is not None:
+            options[key] = value
+    if options:
+        own["options"] = options
+    return own
 
 
 def _https_url(c: _Reader, key: str, tenant: str) -> str | None:

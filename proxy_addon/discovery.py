@@ -20,9 +20,6 @@ __all__ = ["Endpoints", "endpoints_for", "off_issuer"]
 
 logger = logging.getLogger(__name__)
 
-# Which discovered endpoint each grant cannot do without, besides the token endpoint.
-_NEEDS = {"authorization_code": "authorization_url", "device_code": "device_authorization_url"}
-
 
 @dataclass(frozen=True, slots=True)
 class Endpoints:
@@ -38,8 +35,11 @@ _cache: dict[str, Endpoints] = {}
 _cache_lock = threading.Lock()
 
 
-def endpoints_for(cfg: CredentialConfig, verify: str | bool) -> Endpoints:
-    """The credential's endpoints: what it names itself, the rest from its issuer.
+def endpoints_for(
+    cfg: CredentialConfig, verify: str | bool, *, needs: str | None = None
+) -> Endpoints:
+    """The credential's endpoints: what it names itself, the rest from its issuer. `needs`:
+    the endpoint its grant cannot do without besides the token endpoint (its registry entry).
 
     A discovered endpoint must be on the issuer's own origin (https, same host and port): a
     metadata document that sends token requests elsewhere is refused unless the config names
@@ -53,7 +53,7 @@ def endpoints_for(cfg: CredentialConfig, verify: str | bool) -> Endpoints:
     for name in ("token_url", "authorization_url", "device_authorization_url", "revocation_url"):
         own, discovered = getattr(cfg, name), getattr(found, name)
         if own is None and discovered is not None and off_issuer(discovered, cfg.issuer):
-            if name == "token_url" or _NEEDS.get(cfg.grant) == name:
+            if name in ("token_url", needs):
                 raise GrantError(
                     "endpoint_off_issuer",
                     f"credential {cfg.name!r}: the issuer's metadata puts its {name} at "

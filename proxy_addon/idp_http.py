@@ -29,7 +29,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from .errors import GrantError
 from .sanitize import clean
 
-__all__ = ["MAX_ANSWER_BYTES", "Answer", "exchange"]
+__all__ = ["MAX_ANSWER_BYTES", "Answer", "classify", "exchange"]
 
 MAX_ANSWER_BYTES = 1 << 20  # 1 MiB: a token answer is a few kB; metadata documents tens of kB
 _CHUNK = 1024  # small reads: a compressed answer cannot inflate far past the cap in one step
@@ -129,9 +129,14 @@ def exchange(
     verify: str | bool,
     data: Mapping[str, str] | None = None,
     auth: tuple[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    cert: tuple[str, str] | None = None,
     max_bytes: int = MAX_ANSWER_BYTES,
 ) -> Answer:
-    """Send one request and read the whole answer within `timeout` seconds in total."""
+    """Send one request and read the whole answer within `timeout` seconds in total.
+
+    `headers` are added to `Accept: application/json` (a DPoP proof); `cert` is a client
+    certificate and key file for mutual TLS (RFC 8705)."""
     watch = _Watch()
     timer = threading.Timer(timeout, watch.fire)
     timer.daemon = True
@@ -145,9 +150,10 @@ def exchange(
                 url,
                 data=data,
                 auth=auth,
-                headers={"Accept": "application/json"},
+                headers={"Accept": "application/json", **(headers or {})},
                 timeout=(timeout, timeout),
                 verify=verify,
+                cert=cert,
                 allow_redirects=False,
                 stream=True,
             )
@@ -156,12 +162,12 @@ def exchange(
                 status, headers = response.status_code, response.headers
         except GrantError:
             raise
-        except requests.RequestException as e:
-            raise _failure(e, watch, what, timeout) from None
-        except OSError as e:  # a socket error urllib3 let through
-            raise _failure(requests.ConnectionError(e), watch, what, timeout) from None
+        except (requests.RequestException, OSError) as e:
+            raise classify(
+                e, what=what, timeout=timeout, sent=watch.sent, fired=watch.fired
+            ) from None
         if watch.fired:  # an answer cut at the deadline can look complete (no Content-Length)
-            raise _timed_out(watch, what, timeout)
+            raise _timed_out(watch.sent, what, timeout)
     finally:
         timer.cancel()
         session.close()
@@ -192,25 +198,26 @@ def _too_large(what: str, max_bytes: int) -> GrantError:
     )
 
 
-def _timed_out(watch: _Watch, what: str, timeout: float) -> GrantError:
+def _timed_out(sent: bool, what: str, timeout: float) -> GrantError:
     return GrantError(
         "idp_timeout",
         f"{what}: the IdP did not answer within {timeout:g}s",
         terminal=False,
-        outcome_unknown=watch.sent,
+        outcome_unknown=sent,
     )
 
 
-def _failure(e: requests.RequestException, watch: _Watch, what: str, timeout: float) -> GrantError:
-    if watch.fired or isinstance(e, requests.Timeout):
+def classify(
+    e: BaseException, *, what: str, timeout: float, sent: bool, fired: bool = False
+) -> GrantError:
+    """What a failed exchange means, as a GrantError: pure, the one place that reads
+    requests' and the socket's exceptions. `sent`: the request went out (the IdP may have
+    acted on it); `fired`: our total deadline cut the exchange."""
+    if isinstance(e, OSError) and not isinstance(e, requests.RequestException):
+        e = requests.ConnectionError(e)  # a socket error urllib3 let through
+    if fired or isinstance(e, requests.Timeout):
         # ConnectTimeout: the request never left; ReadTimeout: it may have been acted on.
-        sent = watch.sent and not isinstance(e, requests.ConnectTimeout)
-        return GrantError(
-            "idp_timeout",
-            f"{what}: the IdP did not answer within {timeout:g}s",
-            terminal=False,
-            outcome_unknown=sent,
-        )
+        return _timed_out(sent and not isinstance(e, requests.ConnectTimeout), what, timeout)
     if isinstance(e, requests.exceptions.SSLError):
         return GrantError(
             "idp_tls_error",
@@ -219,7 +226,7 @@ def _failure(e: requests.RequestException, watch: _Watch, what: str, timeout: fl
             terminal=False,
         )
     if isinstance(e, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
-        if watch.sent:
+        if sent:
             return GrantError(
                 "idp_connection_lost",
                 f"{what}: the connection to the IdP broke before its answer was complete",
@@ -233,7 +240,7 @@ def _failure(e: requests.RequestException, watch: _Watch, what: str, timeout: fl
         "idp_unavailable",
         f"{what}: {type(e).__name__} talking to the IdP",
         terminal=False,
-        outcome_unknown=watch.sent,
+        outcome_unknown=sent,
     )
 
 

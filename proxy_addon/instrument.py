@@ -74,7 +74,7 @@ class TimedGrant:
 def instrument(runtime: Runtime, metrics: Metrics) -> None:
     """Wrap the runtime's grants (static ones call no IdP: neither timed nor refreshes)."""
     metrics.static = frozenset(
-        name for name, cred in runtime.config.credentials.items() if cred.grant == "static"
+        name for name, cache in runtime.caches.items() if not cache.grant.refreshable
     )
     for name, cache in runtime.caches.items():
         if name not in metrics.static and not isinstance(cache.grant, TimedGrant):

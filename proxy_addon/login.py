@@ -32,15 +32,17 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from .config import CredentialConfig
 from .errors import GrantError
-from .grants import _OAuthGrant
-from .idp_http import Answer, exchange
+from .grants import Grant, sign_in_for
+from .grants.oauth import OAuthGrant
+from .idp_http import Answer
 from .sanitize import clean, safe_code
 from .store import StoreError, TokenStore
 from .token_answer import parse_token_answer
 from .tokens import Token
 
-__all__ = ["LoginError", "login", "save_token"]
+__all__ = ["LoginError", "code_sign_in", "device_sign_in", "login", "save_token"]
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 CALLBACK_PATH = "/callback"
@@ -54,7 +56,7 @@ class LoginError(Exception):
 
 
 def login(
-    grant: _OAuthGrant,
+    grant: Grant,
     store: TokenStore,
     *,
     no_browser: bool = False,
@@ -62,23 +64,48 @@ def login(
     out: Out = print,
     read: Callable[[str], str] = input,
 ) -> Token:
-    kind = grant.cfg.grant
+    """Run the sign-in flow the grant registry names for this grant, and store the token."""
+    cfg = _config(grant)
+    flow = sign_in_for(cfg.grant) if cfg is not None else None
+    if flow is None or cfg is None:
+        uses = f" uses grant {cfg.grant}, which" if cfg is not None else ""
+        raise LoginError(
+            f"credential {grant.name!r}{uses} needs no sign-in; its tokens are fetched when needed"
+        )
     try:
-        if kind == "authorization_code":
-            token = code_flow(grant, no_browser=no_browser, timeout=timeout, out=out, read=read)
-        elif kind == "device_code":
-            token = device_flow(grant, timeout=timeout, out=out)
-        elif kind == "password":
-            token = grant.obtain(None)
-        else:
-            raise LoginError(
-                f"credential {grant.name!r} uses grant {kind}, which needs no sign-in; "
-                "its tokens are fetched when needed"
-            )
+        token = flow(grant, no_browser=no_browser, timeout=timeout, out=out, read=read)
     except GrantError as e:
         raise LoginError(f"sign-in failed: {e}") from None
-    save_token(store, grant.cfg.store_key, token)
+    save_token(store, cfg.store_key, token)
     return token
+
+
+def _config(grant: Grant) -> CredentialConfig | None:
+    """The config an OAuth grant was built from; None for a grant without one (static)."""
+    inner = getattr(grant, "wrapped", grant)
+    return inner.cfg if isinstance(inner, OAuthGrant) else None
+
+
+def _oauth(grant: Grant) -> OAuthGrant:
+    # An instrumented grant (`instrument.TimedGrant`) stands in for the grant it wraps.
+    inner = getattr(grant, "wrapped", grant)
+    if not isinstance(inner, OAuthGrant):
+        raise LoginError(f"credential {grant.name!r}: its grant cannot sign in")
+    return inner
+
+
+def code_sign_in(
+    grant: Grant, *, no_browser: bool, timeout: float, out: Out, read: Callable[[str], str]
+) -> Token:
+    """The authorization_code grant's sign-in (a `grants.base.SignIn`)."""
+    return code_flow(_oauth(grant), no_browser=no_browser, timeout=timeout, out=out, read=read)
+
+
+def device_sign_in(
+    grant: Grant, *, no_browser: bool, timeout: float, out: Out, read: Callable[[str], str]
+) -> Token:
+    """The device_code grant's sign-in (a `grants.base.SignIn`)."""
+    return device_flow(_oauth(grant), timeout=timeout, out=out)
 
 
 def save_token(store: TokenStore, key: str, token: Token) -> None:
@@ -274,7 +301,7 @@ def _pkce() -> tuple[str, str]:
 
 
 def _authorization_request(
-    grant: _OAuthGrant, endpoint: str, redirect_uri: str, state: str, challenge: str
+    grant: OAuthGrant, endpoint: str, redirect_uri: str, state: str, challenge: str
 ) -> str:
     cfg = grant.cfg
     params = {
@@ -291,7 +318,7 @@ def _authorization_request(
 
 
 def code_flow(
-    grant: _OAuthGrant, *, no_browser: bool, timeout: float, out: Out, read: Callable[[str], str]
+    grant: OAuthGrant, *, no_browser: bool, timeout: float, out: Out, read: Callable[[str], str]
 ) -> Token:
     cfg = grant.cfg
     endpoints = grant.endpoints()
@@ -425,7 +452,7 @@ def _free_port() -> int:
 
 
 def device_flow(
-    grant: _OAuthGrant,
+    grant: OAuthGrant,
     *,
     timeout: float,
     out: Out,
@@ -435,10 +462,7 @@ def device_flow(
     url = grant.endpoints().device_authorization_url
     if url is None:
         raise LoginError(f"credential {grant.name!r}: the provider names no device endpoint")
-    auth, body = grant.client_auth()
-    if cfg.scopes:
-        body["scope"] = " ".join(cfg.scopes)
-    r = _post(grant, url, body, auth, "device authorization request")
+    r = _post(grant, url, grant.scope_param(), "device authorization request")
     start = _json(r)
     if r.status != 200 or start is None:
         raise LoginError(f"the device authorization request failed: {_error_text(r, grant)}")
@@ -464,11 +488,10 @@ def device_flow(
         if time.monotonic() + interval > deadline:
             raise LoginError("the code expired before the sign-in was approved; run login again")
         sleep(interval)  # RFC 8628 §3.5: wait `interval` between polls
-        poll = {"grant_type": DEVICE_GRANT, "device_code": device_code, **body}
-        poll.pop("scope", None)
+        poll = {"grant_type": DEVICE_GRANT, "device_code": device_code}
         started = time.time()
         try:
-            r = _post(grant, token_url, poll, auth, "device token request")
+            r = _post(grant, token_url, poll, "device token request")
         except LoginError:
             continue  # a passing fault; the deadline bounds how long we keep trying
         if r.status == 200 and not _error_code(r):
@@ -499,24 +522,11 @@ def device_flow(
         raise LoginError(f"the provider refused the device sign-in: {_error_text(r, grant)}")
 
 
-def _post(
-    grant: _OAuthGrant,
-    url: str,
-    body: dict[str, str],
-    auth: tuple[str, str] | None,
-    what: str,
-) -> Answer:
-    """One bounded POST (total deadline, size cap); unreachable is a LoginError."""
+def _post(grant: OAuthGrant, url: str, form: dict[str, str], what: str) -> Answer:
+    """One bounded POST (total deadline, size cap) with the client's authentication (the
+    grant's own, as on every token request); unreachable is a LoginError."""
     try:
-        return exchange(
-            "POST",
-            url,
-            what=what,
-            timeout=grant.cfg.policy.idp_timeout,
-            verify=grant.verify,
-            data=body,
-            auth=auth,
-        )
+        return grant.post(url, form, what=what, timeout=grant.cfg.policy.idp_timeout)
     except GrantError as e:
         raise LoginError(f"{e} ({clean(url)})") from None
 
@@ -534,7 +544,7 @@ def _error_code(r: Answer) -> str:
     return safe_code(data.get("error"), "") if data else ""
 
 
-def _error_text(r: Answer, grant: _OAuthGrant) -> str:
+def _error_text(r: Answer, grant: OAuthGrant) -> str:
     data = _json(r)
     if not data or "error" not in data:
         return f"HTTP {r.status}"
@@ -547,22 +557,24 @@ def _error_text(r: Answer, grant: _OAuthGrant) -> str:
 # --- logout ------------------------------------------------------------------------------------
 
 
-def revoke(grant: _OAuthGrant, token: Token) -> str:
+def revoke(grant: Grant, token: Token) -> str:
     """Revoke at the provider (RFC 7009) when it offers it; says what happened."""
+    if not isinstance(getattr(grant, "wrapped", grant), OAuthGrant):
+        return "its tokens come from the config; nothing to revoke"
+    grant = _oauth(grant)
     try:
         url = grant.endpoints().revocation_url
     except GrantError as e:
         return f"not revoked at the provider ({e})"
     if url is None:
         return "the provider offers no revocation endpoint; the tokens were only deleted here"
-    auth, body = grant.client_auth()
     pairs = [(token.refresh_token, "refresh_token"), (token.access_token, "access_token")]
     for value, hint in pairs:
         if not value:
             continue
-        form = {**body, "token": value, "token_type_hint": hint}
+        form = {"token": value, "token_type_hint": hint}
         try:
-            r = _post(grant, url, form, auth, "revocation request")
+            r = _post(grant, url, form, "revocation request")
         except LoginError as e:
             return f"not revoked at the provider: {clean(str(e), [value])}"
         if r.status != 200:

@@ -20,7 +20,7 @@ import certifi
 
 from .cache import CredentialCache
 from .config import Config, ConfigError, StoreConfig
-from .grants import make_grant
+from .grants import make_grant, spec_for
 from .store import MemoryStore, TokenStore
 from .store.keys import load_keys
 from .store.paths import default_db_path, default_key_file
@@ -55,9 +55,9 @@ class Runtime:
         caches = {}
         for name, cred in config.credentials.items():
             grant = make_grant(cred, ca_bundle or True)
-            # Static tokens are in the config already; persisting them would only copy a secret.
+            # A grant that does not persist (static) has its token in the config already.
             caches[name] = CredentialCache(
-                name, grant, None if cred.grant == "static" else store, cred.policy,
+                name, grant, store if grant.persist else None, cred.policy,
                 store_key=cred.store_key,
             )  # fmt: skip
         return cls(config, store, caches, ca_bundle)
@@ -108,7 +108,7 @@ def check_rows(config: Config, store: TokenStore) -> None:
     """
     stored = {m.credential for m in store.list()}
     for name, cred in config.credentials.items():
-        if cred.grant == "static":
+        if not spec_for(cred.grant).persist:  # static: the token is in the config
             continue
         try:
             store.get(cred.store_key)

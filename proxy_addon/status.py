@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .cache import CredentialStatus
 from .config import CredentialConfig
+from .grants.registry import spec_for
 from .store import Record
 from .tokens import needs_refresh
 
@@ -53,11 +54,11 @@ def describe(
     live: CredentialStatus | None = None,
 ) -> CredentialView:
     """The stored row, with the running proxy's view (failures, last error) when there is one."""
-    if cfg.grant == "static":
+    spec = spec_for(cfg.grant)
+    if not spec.persist:  # the token is in the config: always there, never refreshed
         return CredentialView(cfg.name, cfg.grant, "valid", math.inf, (), None, False)
     if record is None:
-        needs_login = cfg.interactive or (cfg.grant == "refresh_token" and not cfg.refresh_token)
-        state = "needs login" if needs_login else "not fetched"
+        state = "needs login" if spec.starts_signed_out(cfg) else "not fetched"
         view = CredentialView(cfg.name, cfg.grant, state, None, cfg.scopes, None, False)
     else:
         tok = record.token

@@ -119,7 +119,8 @@ def page_model(
         if v.last_refresh:
             refreshed, refreshed_title = _ago(v.last_refresh, now), _stamp(v.last_refresh)
         else:
-            refreshed = "not applicable" if v.grant == "static" else "never"
+            # A token that never expires and was never stored (static): nothing to refresh.
+            refreshed = "not applicable" if v.expires_in == float("inf") else "never"
             refreshed_title = None
         cards.append({
             "name": v.name, "grant": v.grant.replace("_", " "), "state": v.state,

@@ -79,8 +79,7 @@ def _cmd_login(args: argparse.Namespace) -> int:
             return 0
         try:
             token = login(
-                cache.grant,  # type: ignore[arg-type]
-                cache.store, no_browser=args.no_browser, timeout=args.timeout,
+                cache.grant, cache.store, no_browser=args.no_browser, timeout=args.timeout,
             )  # fmt: skip
         except LoginError as e:
             print(f"authproxy: login {args.name}: {e}", file=sys.stderr)
@@ -100,7 +99,7 @@ def _cmd_logout(args: argparse.Namespace) -> int:
         if cache.store is None:
             print(f"{args.name}: a static token is in the config, not in the store")
             return 0
-        key = cache.grant.cfg.store_key  # type: ignore[attr-defined]
+        key = cache.store_key
         # A row an older authproxy stored under the bare name is never served; logout is how
         # it goes away (it cannot be revoked: nothing ties it to this config's IdP).
         legacy = key != args.name and cache.store.delete(args.name)
@@ -116,7 +115,7 @@ def _cmd_logout(args: argparse.Namespace) -> int:
             if not legacy:
                 print(f"{args.name}: no stored tokens")
             return 0
-        note = revoke(cache.grant, record.token)  # type: ignore[arg-type]
+        note = revoke(cache.grant, record.token)
         cache.store.delete(key)
     print(f"{args.name}: stored tokens deleted; {note}")
     return 0
@@ -192,10 +191,11 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
 
 def _stored_view(cfg: CredentialConfig, store: TokenStore | None, now: float) -> CredentialView:
     """What the store says about one credential; a damaged row affects only its own line."""
+    from .grants import spec_for
     from .status import describe
     from .store import CorruptRowError, DamagedRowError
 
-    if store is None or cfg.grant == "static":
+    if store is None or not spec_for(cfg.grant).persist:  # static: nothing stored
         return describe(cfg, None, now)
     try:
         return describe(cfg, store.get(cfg.store_key), now)

@@ -29,6 +29,7 @@ from proxy_addon.console import console_info
 from proxy_addon.decision import decide
 from proxy_addon.guards import unsafe_options
 from proxy_addon.instrument import instrument
+from proxy_addon.localguard import LocalGuard
 from proxy_addon.metrics import Metrics
 from proxy_addon.redact import (
     StreamScrubber,
@@ -584,4 +585,4 @@ def _forget_proxy_password(flow: http.HTTPFlow) -> None:
     flow.metadata.pop("proxyauth", None)
 
 
-addons = [AuthProxy()]
+addons = [AuthProxy(), LocalGuard()]

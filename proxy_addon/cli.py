@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--audit-log", metavar="FILE", help="append one JSON line per API call")
     run.add_argument(
+        "--grace", type=float, default=5.0, metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long requests in flight may take to finish (5)",
+    )  # fmt: skip
+    run.add_argument(
         "--set",
         dest="sets",
         action="append",
@@ -112,6 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 web=args.web,
                 audit_log=args.audit_log,
                 sets=tuple(args.sets),
+                grace=args.grace,
             )
         )
     except StartupError as e:

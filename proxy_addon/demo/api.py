@@ -44,6 +44,8 @@ class ApiServer(BackgroundServer):
         self.always_401 = False
         self.insufficient_scope = False
         self.required_scope = "demo.write"  # named in the insufficient_scope challenge
+        self.delay = 0.0  # seconds to wait before answering (a slow API; each request its thread)
+        self.arrived = 0  # requests that reached `handle`, answered or not
 
     @property
     def requests_log(self) -> list[dict[str, Any]]:
@@ -59,7 +61,17 @@ class ApiServer(BackgroundServer):
         with self._changed:
             return self._changed.wait_for(lambda: len(self._log) >= n, timeout)
 
+    def wait_for_arrivals(self, n: int, timeout: float) -> bool:
+        """Until `n` requests reached the API (counted before `delay`, unlike `requests_log`)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.arrived >= n, timeout)
+
     def handle(self, request: Request) -> Response:
+        with self._changed:
+            self.arrived += 1
+            self._changed.notify_all()
+        if self.delay:
+            time.sleep(self.delay)
         authorizations = request.headers.get_all("Authorization") or []
         token = _bearer_token(authorizations[0]) if len(authorizations) == 1 else None
         token_fp = fingerprint(token) if token is not None else None

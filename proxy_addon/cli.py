@@ -147,25 +147,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_rotate_key(args: argparse.Namespace) -> int:
     import os
 
+    from .runtime import open_store
     from .store.keys import ENV_VAR, add_key, load_keys
-    from .store.paths import default_db_path, default_key_file
-    from .store.sqlite import SqliteStore, stored_rows
+    from .store.paths import default_key_file
+    from .store.registry import BACKENDS
+    from .store.sealer import Sealer
 
     _, config = _load(args)
-    db_path = config.store.path or default_db_path()
-    key_file = config.store.key_file or default_key_file()
-    # A missing key file over stored rows is lost, not empty: never start a new one.
-    rows = stored_rows(db_path)
-    if os.environ.get(ENV_VAR):
-        print(
-            f"authproxy: {ENV_VAR} is set: put a new key first in that variable (comma-"
-            "separated, newest first), then run rotate-key again with it",
-            file=sys.stderr,
-        )
-    else:
-        print(f"added a new key to {add_key(key_file, db_path=db_path, stored_rows=rows)}")
-    keyring = load_keys(key_file, db_path=db_path, stored_rows=rows)
-    with SqliteStore(db_path, keyring, create=False) as store:
-        n = store.rotate(keyring)
-    print(f"re-encrypted {n} credential(s) in {db_path} under the newest key")
+    backend = BACKENDS[config.store.backend]
+    where = backend.describe(config.store, os.environ)
+    if not backend.sealed:
+        print(f"the {config.store.backend} store keeps nothing encrypted: nothing to re-encrypt")
+        return 0
+    # Opened with the current keys first: a missing key file over stored rows is lost, not
+    # empty, and opening says so instead of starting a new one.
+    store = open_store(config.store, create=False)
+    try:
+        key_file = config.store.key_file or default_key_file()
+        if os.environ.get(ENV_VAR):
+            print(
+                f"authproxy: {ENV_VAR} is set: put a new key first in that variable (comma-"
+                "separated, newest first), then run rotate-key again with it",
+                file=sys.stderr,
+            )
+        else:
+            print(f"added a new key to {add_key(key_file, db_path=config.store.path)}")
+        n = store.reseal(Sealer(load_keys(key_file, db_path=config.store.path)))
+    finally:
+        store.close()
+    print(f"re-encrypted {n} credential(s) in {where} under the newest key")
     return 0

@@ -187,6 +187,8 @@ class Config:
         found = [s for c in self.credentials.values() for s in c.secrets()]
         if self.proxy_auth:
             found.append(self.proxy_auth)
+        if password := getattr(self.store.settings, "password", None):  # a network store's
+            found.append(password)
         return found
 
 

@@ -58,6 +58,8 @@ class Runtime:
             caches[name] = CredentialCache(
                 name, grant, None if cred.grant == "static" else store, cred.policy,
                 store_key=cred.store_key,
+                # Only a grant without shared secret state may refresh during a store outage.
+                refresh_without_store=cred.grant == "client_credentials",
             )  # fmt: skip
         return cls(config, store, caches, ca_bundle)
 

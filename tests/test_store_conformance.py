@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from support import redis_server
 
 from proxy_addon.store import MemoryStore, TokenStore, VersionConflict
 from proxy_addon.store.keys import Keyring
@@ -47,9 +48,29 @@ def sqlite_kit(tmp_path: Path, request: pytest.FixtureRequest) -> Kit:
     return Kit(lambda sealer: SqliteStore(db, sealer, lock_ttl=LEASE_TTL), dump)
 
 
+def redis_kit(tmp_path: Path, request: pytest.FixtureRequest) -> Kit:
+    if not redis_server.available():
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    from proxy_addon.store.redis_config import RedisSettings
+    from proxy_addon.store.redis_store import RedisStore
+
+    server = redis_server.RedisServer(tmp_path).start()
+    request.addfinalizer(server.stop)
+    settings = RedisSettings(
+        "127.0.0.1", server.port, 0, False, None, server.password, lock_ttl=LEASE_TTL
+    )
+
+    def dump() -> bytes:
+        aof = b"".join(p.read_bytes() for p in server.dir.rglob("*") if p.is_file())
+        return server.dump() + aof
+
+    return Kit(lambda sealer: RedisStore(settings, sealer), dump)
+
+
 BACKENDS = {
     "memory": memory_kit,
     "sqlite": sqlite_kit,
+    "redis": redis_kit,
 }
 
 

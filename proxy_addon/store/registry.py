@@ -102,11 +102,28 @@ def _describe_sqlite(cfg: StoreConfig, env: Mapping[str, str]) -> str:
     return str(cfg.path or default_db_path(env))
 
 
+def _parse_redis(s: OptionReader, resolve: Callable[[str], Path]) -> Parsed:
+    from .redis_config import parse_redis
+
+    return Parsed(settings=parse_redis(s, resolve))
+
+
+def _open_redis(cfg: StoreConfig, env: Mapping[str, str], create: bool) -> TokenStore:
+    from .redis_store import open_redis
+
+    return open_redis(cfg, env)
+
+
+def _describe_redis(cfg: StoreConfig, env: Mapping[str, str]) -> str:
+    return str(cfg.settings.display)
+
+
 BACKENDS: Mapping[str, Backend] = {
     b.name: b
     for b in (
         Backend("sqlite", _parse_sqlite, _open_sqlite, describe=_describe_sqlite),
         Backend("memory", _parse_nothing, _open_memory, sealed=False),
+        Backend("redis", _parse_redis, _open_redis, describe=_describe_redis),
     )
 }
 

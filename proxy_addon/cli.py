@@ -123,6 +123,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     path, config = _load(args)
     print(f"{path}: OK")
     print(f"listen: {config.listen_host}:{config.listen_port}")
+    _print_store(config)
     print("credentials:")
     for c in config.credentials.values():
         where = f" via {c.token_url}" if c.token_url else ""
@@ -136,6 +137,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
         extra += " client Authorization)" if extra else ""
         print(f"  {r.index}: {r.describe():<50} -> {r.credential}{extra}")
     return 0
+
+
+def _print_store(config: Config) -> None:
+    import os
+
+    from .store.registry import BACKENDS
+
+    backend = BACKENDS[config.store.backend]
+    print(f"store: {config.store.backend}: {backend.describe(config.store, os.environ)}")
+    if backend.fleet and config.confdir is None:
+        print(
+            f"warning: the {config.store.backend} store is shared by a fleet, but this member "
+            "uses its own mitmproxy CA (~/.mitmproxy): set confdir to the fleet's CA files "
+            "(deployed as a secret) so that clients trust one CA for every member",
+            file=sys.stderr,
+        )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -210,3 +210,32 @@ def test_refused_or_unreachable_redis_stops_the_start_with_one_line(
         assert len(lines) == 1 and expected in lines[0], r.stderr
         assert "Traceback" not in r.stderr + r.stdout
         assert "wrong-password-123" not in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ({"cluster": True}, "Cluster mode is not enabled"),
+        ({"sentinels": "SELF", "service": "m"}, "unknown command 'SENTINEL"),
+        ({"sentinels": "CLOSED", "service": "m"}, "no sentinel answered with a primary for"),
+    ],
+)
+def test_sentinel_and_cluster_pointed_at_a_plain_redis_say_so_in_one_line(
+    redis, mode: dict, expected: str
+) -> None:
+    """Sentinel and Cluster are not tested against real ones here; a wrong setup is named."""
+    from proxy_addon.store import StoreError
+    from proxy_addon.store.keys import Keyring
+    from proxy_addon.store.redis_config import RedisSettings
+    from proxy_addon.store.redis_store import RedisStore
+    from proxy_addon.store.sealer import Sealer
+
+    ports = {"SELF": redis.port, "CLOSED": redis_server._free_port()}
+    if "sentinels" in mode:
+        mode = {**mode, "sentinels": (("127.0.0.1", ports[mode["sentinels"]]),)}
+    settings = RedisSettings("127.0.0.1", redis.port, 0, False, None, redis.password,
+                             connect_timeout=0.5, **mode)  # fmt: skip
+    with pytest.raises(StoreError) as info:
+        RedisStore(settings, Sealer(Keyring.from_keys([KEY], "k"))).check()
+    assert expected in str(info.value) and "\n" not in str(info.value)
+    assert redis.password not in str(info.value)

@@ -77,3 +77,35 @@ def test_refused(section: dict, key: str, message: str) -> None:
     assert info.value.key == key, str(info.value)
     assert re.search(message, info.value.message), str(info.value)
     assert "secretpw" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ({b"appendonly": b"no", b"appendfsync": b"everysec"}, "appendonly is off"),
+        ({b"appendonly": b"yes", b"appendfsync": b"no"}, "appendfsync is no"),
+        ({b"appendonly": b"yes", b"appendfsync": b"everysec"}, None),
+        ({"appendonly": "yes", "appendfsync": "always"}, None),
+    ],
+)
+def test_durability_warning(settings: dict, warned: str | None) -> None:
+    from proxy_addon.store.redis_store import durability_warning
+
+    warning = durability_warning(settings)
+    assert (warning is None) if warned is None else (warned in (warning or ""))
+
+
+def test_check_names_the_store_and_warns_of_a_per_machine_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proxy_addon.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("store: {backend: redis, url: 'redis://:pw-1234567@cache:6379/1'}\n")
+    assert main(["--config", str(config), "check"]) == 0
+    out, err = capsys.readouterr()
+    assert "store: redis: redis://cache:6379/1" in out
+    assert "confdir" in err and "pw-1234567" not in out + err
+    config.write_text(config.read_text() + f"confdir: {tmp_path}\n")
+    assert main(["--config", str(config), "check"]) == 0
+    assert "confdir" not in capsys.readouterr().err

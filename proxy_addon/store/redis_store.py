@@ -45,6 +45,8 @@ __all__ = ["RedisStore", "open_redis"]
 log = logging.getLogger(__name__)
 
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1
+# What redis-py raises (a cluster client's own errors are not RedisErrors).
+_ERRORS = (rx.RedisError, rx.RedisClusterException)
 
 # KEYS[1] row; ARGV: expected version ("" = no row yet), sealed, updated_at.
 _PUT = """
@@ -99,7 +101,10 @@ class RedisStore:
         self._ttl_ms = int(settings.lock_ttl * 1000)
         self._host = host_identity()
         self._closed = False
-        self._client: Any = _client(settings)
+        try:
+            self._client: Any = _client(settings)
+        except _ERRORS as e:  # a cluster client connects at once
+            raise self._error("connecting", e) from None
         self._put = self._client.register_script(_PUT)
         self._reseal = self._client.register_script(_RESEAL)
         self._renew = self._client.register_script(_RENEW)
@@ -208,7 +213,7 @@ class RedisStore:
                 self.settings.display,
             )
             return
-        except rx.RedisError as e:
+        except _ERRORS as e:
             raise self._error("reading its persistence settings", e) from None
         if warning := durability_warning(found):
             log.warning("token store %s: %s", self.settings.display, warning)
@@ -293,7 +298,7 @@ class RedisStore:
     def _errors(self, doing: str) -> Iterator[None]:
         try:
             yield
-        except rx.RedisError as e:
+        except _ERRORS as e:
             raise self._error(doing, e) from None
 
     def _error(self, doing: str, e: Exception) -> StoreError:
@@ -306,6 +311,11 @@ class RedisStore:
             return StoreError(
                 f"the Redis token store {where} refused the credentials while {doing}: check "
                 "the user and password in store.url (or store.password)"
+            )
+        if type(e).__name__ == "MasterNotFoundError":  # redis.sentinel's; its text is long
+            return StoreUnavailableError(
+                f"the Redis token store {where} is unreachable while {doing}: no sentinel "
+                f"answered with a primary for service {self.settings.service!r}"
             )
         if isinstance(e, rx.ConnectionError | rx.TimeoutError):
             return StoreUnavailableError(

@@ -62,6 +62,8 @@ class Backend:
     open: Callable[[StoreConfig, Mapping[str, str], bool], TokenStore]
     # Whether rows leave this process (and so are sealed, and `rotate-key` applies).
     sealed: bool = True
+    # Whether members on many machines share it: they must then share a mitmproxy CA too.
+    fleet: bool = False
     # Where the rows are, for people (the console, rotate-key); never a password.
     describe: Callable[[StoreConfig, Mapping[str, str]], str] = lambda cfg, env: "this process"
 
@@ -123,7 +125,7 @@ BACKENDS: Mapping[str, Backend] = {
     for b in (
         Backend("sqlite", _parse_sqlite, _open_sqlite, describe=_describe_sqlite),
         Backend("memory", _parse_nothing, _open_memory, sealed=False),
-        Backend("redis", _parse_redis, _open_redis, describe=_describe_redis),
+        Backend("redis", _parse_redis, _open_redis, fleet=True, describe=_describe_redis),
     )
 }
 

@@ -109,3 +109,15 @@ def test_check_names_the_store_and_warns_of_a_per_machine_ca(
     config.write_text(config.read_text() + f"confdir: {tmp_path}\n")
     assert main(["--config", str(config), "check"]) == 0
     assert "confdir" not in capsys.readouterr().err
+
+
+def test_a_redis_store_never_generates_a_key(tmp_path: Path) -> None:
+    from proxy_addon.runtime import open_store
+    from proxy_addon.store import KeySourceError
+
+    cfg = parse_config({"store": {"backend": "redis", "url": "redis://:pw-1234567@h/0"}},
+                       SOURCE, env={}, base_dir=tmp_path)  # fmt: skip
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    with pytest.raises(KeySourceError, match="AUTHPROXY_KEY to the fleet's key"):
+        open_store(cfg.store, env)
+    assert not (tmp_path / "cfg").exists()

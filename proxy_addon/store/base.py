@@ -74,6 +74,9 @@ class TokenStore(Protocol):
         - Waits up to `timeout` seconds, then raises TimeoutError, promptly (within about a
           tenth of a second more); `timeout=0` tries once. Callers on a request path pass a
           short timeout and answer the client themselves rather than queue.
+        - A store that cannot be reached raises StoreUnavailableError (any other failure of
+          the store, StoreError) instead of waiting: the caller decides whether it may go on
+          without the lock (see CredentialCache._without_store).
         - Only a holder stalled for longer than the lease (a stopped process) can lose it while
           still inside the block, so writes made under the lock still use `put`'s
           compare-and-set.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -31,7 +32,7 @@ from redis import exceptions as rx
 
 from ..tokens import Token
 from .base import Record, StoreError, StoreUnavailableError, VersionConflict
-from .keys import load_keys
+from .keys import ENV_VAR, KeySourceError, load_keys
 from .lease import RENEWALS_PER_TTL, Holder, Renewer, holder_alive, host_identity
 from .paths import default_key_file
 from .redis_config import RedisSettings
@@ -83,7 +84,15 @@ def open_redis(cfg: StoreConfig, env: Mapping[str, str]) -> RedisStore:
     comes from AUTHPROXY_KEY (or a key file deployed to every member).
     """
     settings: RedisSettings = cfg.settings
-    keyring = load_keys(cfg.key_file or default_key_file(env), env, create=False)
+    key_file = cfg.key_file or default_key_file(env)
+    if not env.get(ENV_VAR, "").strip() and not os.path.lexists(key_file):
+        raise KeySourceError(
+            f"no token store key for the Redis store {settings.display}: {ENV_VAR} is not set "
+            f"and {key_file} does not exist. Every member of a fleet must use the same key, so "
+            f"none is generated: set {ENV_VAR} to the fleet's key (or deploy it as "
+            "store.key_file)"
+        )
+    keyring = load_keys(key_file, env, create=False)
     store = RedisStore(settings, Sealer(keyring))
     try:
         store.check()

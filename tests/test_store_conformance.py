@@ -67,7 +67,7 @@ def redis_kit(tmp_path: Path, request: pytest.FixtureRequest) -> Kit:
     return Kit(lambda sealer: RedisStore(settings, sealer), dump)
 
 
-BACKENDS = {
+BACKENDS = {  # every backend of store/registry.py
     "memory": memory_kit,
     "sqlite": sqlite_kit,
     "redis": redis_kit,
@@ -277,3 +277,19 @@ def test_a_row_is_bound_to_its_credential_identity(sealer: Sealer) -> None:
     assert sealer.open("a#1", sealed) == token(1)
     with pytest.raises(CorruptRowError, match="logout b"):
         sealer.open("b#2", sealed)
+
+
+def test_the_registry_loads_no_backend_until_one_is_opened() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from proxy_addon.store.registry import BACKENDS; "
+        "from proxy_addon.store import TokenStore; "
+        "print(sorted(m for m in ('redis', 'sqlite3', 'cryptography') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
+    from proxy_addon.store.registry import BACKENDS as REGISTERED
+
+    assert set(BACKENDS) == set(REGISTERED)  # no backend escapes the suite

@@ -18,16 +18,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
+from .registry import Parsed
+
 if TYPE_CHECKING:
+    from ..config import StoreConfig
     from .registry import OptionReader
 
-__all__ = ["RedisSettings", "parse_redis"]
+__all__ = ["RedisSettings", "describe", "parse", "parse_redis"]
 
 SCHEMES = ("redis", "rediss")
 
@@ -62,6 +65,15 @@ class RedisSettings:
         if self.sentinels:
             return f"{where} (sentinel service {self.service!r})"
         return f"{where} (cluster)" if self.cluster else where
+
+
+def parse(s: OptionReader, resolve: Callable[[str], Path]) -> Parsed:
+    """The registry's parser (store/registry.py)."""
+    return Parsed(settings=parse_redis(s, resolve))
+
+
+def describe(cfg: StoreConfig, env: Mapping[str, str]) -> str:
+    return str(cfg.settings.display)
 
 
 def _hostport(host: str, port: int) -> str:

@@ -77,11 +77,11 @@ return 0
 """
 
 
-def open_redis(cfg: StoreConfig, env: Mapping[str, str]) -> RedisStore:
+def open_redis(cfg: StoreConfig, env: Mapping[str, str], create: bool = True) -> RedisStore:
     """The configured Redis store, checked: reachable, credentials accepted, durability read.
 
-    The key is never generated here: every member of a fleet must use the same one, so it
-    comes from AUTHPROXY_KEY (or a key file deployed to every member).
+    The key is never generated here, whatever `create` says: every member of a fleet must
+    use the same one, so it comes from AUTHPROXY_KEY (or a key file deployed to every member).
     """
     settings: RedisSettings = cfg.settings
     key_file = cfg.key_file or default_key_file(env)

@@ -11,6 +11,7 @@ the parsers import theirs when called.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -84,48 +85,33 @@ def _parse_sqlite(s: OptionReader, resolve: Callable[[str], Path]) -> Parsed:
     return Parsed(path=resolve(path) if path else None)
 
 
-def _open_sqlite(cfg: StoreConfig, env: Mapping[str, str], create: bool) -> TokenStore:
-    from .keys import load_keys
-    from .paths import default_db_path, default_key_file
-    from .sqlite import SqliteStore, stored_rows
-
-    db_path = cfg.path or default_db_path(env)
-    key_file = cfg.key_file or default_key_file(env)
-    # Counted before a key is generated: a fresh key over existing rows would only make every
-    # later start fail with "a different key".
-    rows = stored_rows(db_path)
-    keyring = load_keys(key_file, env, db_path=db_path, create=create, stored_rows=rows)
-    return SqliteStore(db_path, keyring, create=create)
-
-
 def _describe_sqlite(cfg: StoreConfig, env: Mapping[str, str]) -> str:
     from .paths import default_db_path
 
     return str(cfg.path or default_db_path(env))
 
 
-def _parse_redis(s: OptionReader, resolve: Callable[[str], Path]) -> Parsed:
-    from .redis_config import parse_redis
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    """`module.name`, imported when first called: a backend's driver loads only when used."""
 
-    return Parsed(settings=parse_redis(s, resolve))
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args)
 
-
-def _open_redis(cfg: StoreConfig, env: Mapping[str, str], create: bool) -> TokenStore:
-    from .redis_store import open_redis
-
-    return open_redis(cfg, env)
-
-
-def _describe_redis(cfg: StoreConfig, env: Mapping[str, str]) -> str:
-    return str(cfg.settings.display)
+    return call
 
 
 BACKENDS: Mapping[str, Backend] = {
     b.name: b
     for b in (
-        Backend("sqlite", _parse_sqlite, _open_sqlite, describe=_describe_sqlite),
+        Backend("sqlite", _parse_sqlite, _lazy("sqlite", "open_sqlite"), describe=_describe_sqlite),
         Backend("memory", _parse_nothing, _open_memory, sealed=False),
-        Backend("redis", _parse_redis, _open_redis, fleet=True, describe=_describe_redis),
+        Backend(
+            "redis",
+            _lazy("redis_config", "parse"),
+            _lazy("redis_store", "open_redis"),
+            fleet=True,
+            describe=_lazy("redis_config", "describe"),
+        ),
     )
 }
 

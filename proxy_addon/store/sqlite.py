@@ -16,18 +16,22 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from ..tokens import Token
 from .base import MissingStoreError, Record, StoreError, VersionConflict
-from .keys import Keyring
+from .keys import Keyring, load_keys
 from .lease import RENEWALS_PER_TTL, Holder, LeaseClocks, LeaseRow, Renewer, lease_verdict
-from .paths import ensure_private_dir
+from .paths import default_db_path, default_key_file, ensure_private_dir
 from .safety import UnsafePathError, check_dir, check_sidecar
 from .sealer import CorruptRowError, DamagedRowError, Sealer, UndecryptableError
+
+if TYPE_CHECKING:
+    from ..config import StoreConfig
 
 __all__ = [
     "CorruptRowError",
@@ -37,6 +41,7 @@ __all__ = [
     "SqliteStore",
     "StoreBusyError",
     "UndecryptableError",
+    "open_sqlite",
     "stored_rows",
 ]
 
@@ -661,3 +666,15 @@ def stored_rows(path: Path) -> int:
     except sqlite3.Error:
         return 0
     return int(count)
+
+
+def open_sqlite(cfg: StoreConfig, env: Mapping[str, str], create: bool = True) -> SqliteStore:
+    """The configured store (store/registry.py), with its key from AUTHPROXY_KEY or the key
+    file; `create=True` may create the database and generate a key file."""
+    db_path = cfg.path or default_db_path(env)
+    key_file = cfg.key_file or default_key_file(env)
+    # Counted before a key is generated: a fresh key over existing rows would only make every
+    # later start fail with "a different key".
+    rows = stored_rows(db_path)
+    keyring = load_keys(key_file, env, db_path=db_path, create=create, stored_rows=rows)
+    return SqliteStore(db_path, keyring, create=create)

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 from .config import TokenPolicy
 from .grants import Grant, GrantError
-from .store import Record, StoreError, TokenStore, VersionConflict
+from .store import Record, StoreError, StoreUnavailableError, TokenStore, VersionConflict
 from .tokens import Token, fingerprint, is_usable, needs_refresh
 
 __all__ = ["CredentialCache", "CredentialStatus", "TokenUnavailable", "backoff_delay"]
@@ -124,9 +124,13 @@ class CredentialCache:
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         store_key: str | None = None,
+        refresh_without_store: bool = False,
     ) -> None:
         self.name, self.grant, self.store, self.policy = name, grant, store, policy
         self.store_key = store_key if store_key is not None else name
+        # Store outage (issue 9): may this credential get a token while the store is
+        # unreachable? Only one without shared secret state (client_credentials).
+        self.refresh_without_store = refresh_without_store
         self._clock = clock  # wall clock: token expiry only
         self._mono = monotonic  # everything else
         self._rng = rng or random.Random()
@@ -329,6 +333,8 @@ class CredentialCache:
             return self._refresh_blocking(rejected, token, version, lock_wait)
         except GrantError as e:
             return _Outcome(error=e)
+        except StoreUnavailableError as e:  # store outage (issue 9): see _without_store
+            return _Outcome(error=GrantError("store_unavailable", str(e), terminal=False))
         except StoreError as e:
             return _Outcome(error=GrantError("store_error", str(e), terminal=False))
         except Exception as e:  # a bug or an unmapped fault: back off, never storm
@@ -355,6 +361,8 @@ class CredentialCache:
                 held.enter_context(self.store.lock(key, timeout=lock_wait))
             except TimeoutError:
                 return _Outcome(busy=True)
+            except StoreUnavailableError as e:  # store outage (issue 9)
+                return self._without_store(token, version, e)
             current = self.store.get(key)
             seen = current.version if current else None
             if current is not None and self._fresh(current.token, rejected):
@@ -371,6 +379,29 @@ class CredentialCache:
                 latest = self.store.get(key)
                 record = self.store.put(key, new, latest.version if latest else None)
             return _Outcome(record, obtained=True, read=True, seen_version=seen)
+
+    # --- store outage (issue 9) ---------------------------------------------------------------
+    def _without_store(
+        self, token: Token | None, version: int | None, error: StoreUnavailableError
+    ) -> _Outcome:
+        """The shared store is unreachable, so its lock cannot be taken.
+
+        A refresh-token chain is never refreshed without that lock: another member may be
+        refreshing it, and a rotated refresh token spent twice ends the login. It fails fast
+        (`store_unavailable`, no IdP call) while the current token, if still valid, keeps
+        serving. A credential without shared secret state (client_credentials) gets a token
+        alone; it is not written anywhere, and the first refresh after the store is back
+        stores its token under the lock as usual.
+        """
+        if not self.refresh_without_store:
+            return _Outcome(error=GrantError("store_unavailable", str(error), terminal=False))
+        logger.warning(
+            "credential %s: %s; getting a token without the store", self.name, error
+        )
+        new = self._obtain(token)
+        return _Outcome(Record(self.store_key, new, version or 0, self._clock()), obtained=True)
+
+    # ------------------------------------------------------------------------------------------
 
     def _fresh(self, token: Token, rejected: Token | None) -> bool:
         if rejected is not None and token.access_token == rejected.access_token:

@@ -140,7 +140,7 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     import json
 
     from .runtime import open_store
-    from .store.sqlite import MissingStoreError
+    from .store import MissingStoreError
 
     _, config = args.load(args)
     try:
@@ -151,7 +151,7 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     try:
         views = [_stored_view(c, store, now) for c in config.credentials.values()]
         # Rows an older authproxy stored under a bare name: never used, only worth a note.
-        legacy = {m.credential for m in store.list()} & set(config.credentials) if store else set()
+        legacy = set(store.keys()) & set(config.credentials) if store else set()
     finally:
         if store is not None:
             store.close()

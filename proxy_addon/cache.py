@@ -11,8 +11,8 @@ Rules, in one place:
   out for `drain`);
 - the newest token is committed to the store before anyone uses it, and a token the IdP just
   returned is committed even if it is not used (it may carry a rotated refresh token);
-- a new token is used only if it is usable: one that expires within `MIN_LIFETIME` is a
-  failure (`unusable_token`) and is never sent;
+- a new token is used only if it is usable: one issued for less than `MIN_LIFETIME`, or
+  already expired, is a failure (`unusable_token`) and is never sent;
 - IdP failures: terminal ones (invalid_grant, ...) stop further attempts until the store gets a
   new token (a login, another process) or the config changes; transient ones are retried with
   exponential backoff and jitter, at least as long as the IdP's `Retry-After` (capped by
@@ -59,10 +59,16 @@ logger = logging.getLogger(__name__)
 # How often a credential in a terminal state looks at the store for a token written by a login
 # or by another process.
 TERMINAL_RECHECK = 2.0
-# A new token must stay valid at least this long, or it is not used at all.
+# A new token must be issued for at least this long, or it is not used at all. Judged on the
+# lifetime the IdP gave, not on what is left on arrival, so a slow answer on a busy machine does
+# not turn a short-lived but good token into a failure.
 MIN_LIFETIME = 1.0
 # What a waiter is told when another process holds the refresh lock for too long.
 BUSY_RETRY_AFTER = 2.0
+
+
+def _unusable(token: Token, now: float) -> bool:
+    return token.expires_at - token.obtained_at < MIN_LIFETIME or token.expires_at <= now
 
 
 class TokenUnavailable(Exception):
@@ -305,7 +311,7 @@ class CredentialCache:
                 "credential %s: new token %s, expires in %.0fs",
                 self.name, fingerprint(record.token.access_token), remaining,
             )  # fmt: skip
-            if remaining < MIN_LIFETIME:
+            if _unusable(record.token, self._clock()):
                 # Committed (its refresh token may be the only valid one now), never sent.
                 self._version = record.version
                 return self._failed(
@@ -409,7 +415,7 @@ class CredentialCache:
         if self.grant.seed_id is not None and token.seed_id != self.grant.seed_id:
             return False  # the config names a new refresh token: the stored chain is stale
         now = self._clock()
-        if token.expires_at - now < MIN_LIFETIME:
+        if _unusable(token, now):
             return False  # e.g. an unusable token kept for its refresh token
         return not needs_refresh(token, now, self.policy.refresh_leeway)
 

@@ -7,6 +7,7 @@ i.e. the CONNECT target), never on the Host header or SNI alone.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -116,10 +117,25 @@ class Route:
 
 
 class RouteTable:
-    """Routes in file order; the first that matches wins."""
+    """Routes in file order; the first that matches wins.
+
+    Matching is indexed so that its cost does not grow with the number of routes: routes are
+    grouped by (scheme, port) and host pattern (exact names in one dict, wildcards by the domain
+    below the `*.`), and within a host pattern by path prefix (see `_PathIndex`). A request looks
+    up its own host and each of its parent domains, then only the few prefixes its path can
+    match; the lowest file position among the routes found wins, exactly as a scan in file order.
+    """
 
     def __init__(self, routes: tuple[Route, ...]) -> None:
         self.routes = routes
+        # (scheme, port) -> hosts, for match() and intercepts(); https hosts on any port, for
+        # https_only_match(). Positions are places in `routes` (file order), not Route.index.
+        self._by_address: dict[tuple[str, int], _HostIndex] = {}
+        self._https_any_port = _HostIndex()
+        for position, r in enumerate(routes):
+            self._by_address.setdefault((r.scheme, r.port), _HostIndex()).add(position, r)
+            if r.scheme == "https":
+                self._https_any_port.add(position, r)
 
     def __iter__(self) -> Iterator[Route]:
         return iter(self.routes)
@@ -128,29 +144,127 @@ class RouteTable:
         return len(self.routes)
 
     def match(self, scheme: str, host: str, port: int, path: str) -> Route | None:
-        h, p, strict = _host(host), normalize_path(path), strict_path(path)
-        for r in self.routes:
-            if (
-                r.scheme == scheme
-                and r.matches_host(h, port)
-                and path_matches(r.path, p)
-                and path_matches(r.path, strict)
-            ):
-                return r
-        return None
+        hosts = self._by_address.get((scheme, port))
+        if hosts is None:
+            return None
+        found = _first(hosts.candidates(_host(host)), path, strict=True)
+        return None if found is None else self.routes[found]
 
     def https_only_match(self, host: str, path: str) -> Route | None:
         """An https route that this plain-http request would have matched, had it used TLS."""
-        h, p = _host(host), normalize_path(path)
-        for r in self.routes:
-            if r.scheme == "https" and host_matches(r.host, h) and path_matches(r.path, p):
-                return r
-        return None
+        found = _first(self._https_any_port.candidates(_host(host)), path, strict=False)
+        return None if found is None else self.routes[found]
 
     def intercepts(self, host: str, port: int) -> bool:
         """Whether TLS to host:port must be intercepted (some https route may apply to it)."""
-        h = _host(host)
-        return any(r.scheme == "https" and r.matches_host(h, port) for r in self.routes)
+        hosts = self._by_address.get(("https", port))
+        return hosts is not None and bool(hosts.candidates(_host(host)))
+
+
+class _PathIndex:
+    """The routes of one host pattern (in one scheme and port), by path prefix.
+
+    A prefix P matches a path q when P is "/", q == P, or q starts with P's base (P with a
+    trailing "/"). So P is filed under P and under its base, and a path q looks up q itself and
+    each of its own prefixes that end in "/": only prefixes that can match q are ever compared.
+    Routes with the same prefix behave alike here, so only the first of them is kept.
+    """
+
+    __slots__ = ("by_key", "first", "lowest", "root")
+
+    def __init__(self) -> None:
+        self.root: int | None = None  # the first route with prefix "/": matches every path
+        self.first: dict[str, int] = {}  # other prefix -> its first position
+        self.by_key: dict[str, list[str]] = {}  # lookup key -> prefixes filed under it
+        self.lowest: float = math.inf  # the lowest position among the other prefixes
+
+    def add(self, position: int, prefix: str) -> None:
+        if prefix == "/":
+            if self.root is None:
+                self.root = position
+            return
+        if prefix in self.first:
+            return
+        self.first[prefix] = position
+        self.lowest = min(self.lowest, position)
+        base = prefix if prefix.endswith("/") else prefix + "/"
+        for key in {prefix, base}:
+            self.by_key.setdefault(key, []).append(prefix)
+
+    def first_match(self, keys: list[str], strict: str | None, below: float) -> int | None:
+        """The lowest position below `below` whose prefix matches (the paths behind) `keys`,
+        and `strict` too when given."""
+        best: int | None = None
+        for key in keys:
+            for prefix in self.by_key.get(key, ()):
+                position = self.first[prefix]
+                if position < below and (strict is None or path_matches(prefix, strict)):
+                    best, below = position, position
+        return best
+
+
+class _HostIndex:
+    """Host patterns to their `_PathIndex`: exact names by name, `*.example.com` by
+    `example.com`. A host finds its wildcards by walking its parent domains."""
+
+    __slots__ = ("exact", "wildcard")
+
+    def __init__(self) -> None:
+        self.exact: dict[str, _PathIndex] = {}
+        self.wildcard: dict[str, _PathIndex] = {}
+
+    def add(self, position: int, route: Route) -> None:
+        if route.host.startswith("*."):
+            paths = self.wildcard.setdefault(route.host[2:], _PathIndex())
+        else:
+            paths = self.exact.setdefault(route.host, _PathIndex())
+        paths.add(position, route.path)
+
+    def candidates(self, host: str) -> list[_PathIndex]:
+        """The path indexes of every pattern that matches `host` (see `host_matches`)."""
+        found = []
+        exact = self.exact.get(host)
+        if exact is not None:
+            found.append(exact)
+        if self.wildcard:
+            # `*.S` matches `X.S` for a non-empty X: every "." after the first character.
+            dot = host.find(".", 1)
+            while dot != -1:
+                wild = self.wildcard.get(host[dot + 1 :])
+                if wild is not None:
+                    found.append(wild)
+                dot = host.find(".", dot + 1)
+        return found
+
+
+def _first(candidates: list[_PathIndex], path: str, *, strict: bool) -> int | None:
+    """The lowest position among the candidates' routes whose prefix matches `path` (as
+    normalized, and also as a lenient server reads it when `strict`)."""
+    best = math.inf
+    for paths in candidates:
+        if paths.root is not None and paths.root < best:
+            best = paths.root
+    # Paths are normalized only when some prefix other than "/" could still win.
+    if any(paths.lowest < best for paths in candidates):
+        normal = normalize_path(path)
+        keys = _path_keys(normal)
+        lenient = strict_path(path) if strict else None
+        for paths in candidates:
+            if paths.lowest < best:
+                found = paths.first_match(keys, lenient, best)
+                if found is not None:
+                    best = found
+    return None if best == math.inf else int(best)
+
+
+def _path_keys(path: str) -> list[str]:
+    """`path` and each of its prefixes that ends in "/": the keys `_PathIndex` files under."""
+    keys = [path]
+    slash = path.find("/")
+    while slash != -1:
+        keys.append(path[: slash + 1])
+        slash = path.find("/", slash + 1)
+    return keys
 
 
 def _host(host: str) -> str:

@@ -6,6 +6,7 @@ i.e. the CONNECT target), never on the Host header or SNI alone.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ __all__ = [
     "path_matches",
 ]
 
+_IPV4_CHARS = "0123456789."
 _LABEL_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -33,10 +35,13 @@ def normalize_host(host: str, *, pattern: bool = False) -> str:
         h = h[:-1]
     if not h:
         raise ValueError("expected a host name, got an empty string")
-    try:
-        return str(ipaddress.ip_address(h))
-    except ValueError:
-        pass
+    # Only digits and dots (IPv4) or a ":" (IPv6) can be an address; asking ipaddress about
+    # every name costs two exceptions.
+    if ":" in h or not h.strip(_IPV4_CHARS):
+        try:
+            return str(ipaddress.ip_address(h))
+        except ValueError:
+            pass
     labels = h.split(".")
     if pattern and labels[0] == "*":
         if len(labels) < 3:
@@ -244,16 +249,16 @@ def _first(candidates: list[_PathIndex], path: str, *, strict: bool) -> int | No
     for paths in candidates:
         if paths.root is not None and paths.root < best:
             best = paths.root
-    # Paths are normalized only when some prefix other than "/" could still win.
-    if any(paths.lowest < best for paths in candidates):
-        normal = normalize_path(path)
-        keys = _path_keys(normal)
-        lenient = strict_path(path) if strict else None
-        for paths in candidates:
-            if paths.lowest < best:
-                found = paths.first_match(keys, lenient, best)
-                if found is not None:
-                    best = found
+    keys: list[str] | None = None
+    lenient: str | None = None
+    for paths in candidates:
+        if paths.lowest < best:  # a prefix other than "/" could still win: read the path
+            if keys is None:
+                keys = _path_keys(normalize_path(path))
+                lenient = strict_path(path) if strict else None
+            found = paths.first_match(keys, lenient, best)
+            if found is not None:
+                best = found
     return None if best == math.inf else int(best)
 
 
@@ -267,6 +272,7 @@ def _path_keys(path: str) -> list[str]:
     return keys
 
 
+@functools.lru_cache(maxsize=4096)  # a proxy sees few names; bounded against one that churns
 def _host(host: str) -> str:
     try:
         return normalize_host(host)

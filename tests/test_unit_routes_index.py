@@ -243,3 +243,36 @@ def test_matching_cost_does_not_grow_with_the_route_count() -> None:
     # A scan of 10 000 routes is several hundred times slower than one of 10; the index is
     # flat. The margin (3x) absorbs a noisy shared machine.
     assert large < 3 * small, (small, large)
+
+
+def _normalize_host_reference(host: str) -> str:
+    """normalize_host as it was: ipaddress is asked about every name first."""
+    import ipaddress
+
+    h = host.strip().lower()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if h.endswith("."):
+        h = h[:-1]
+    try:
+        return str(ipaddress.ip_address(h))
+    except ValueError:
+        return normalize_host(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["1.2.3.4", "01.2.3.4", "1.2.3", "1.2.3.4.5", "256.1.1.1", "1.2.3.4.", "[::1]",
+     "::FFFF:1.2.3.4", "fe80::1%eth0", "2001:DB8::1", "1e2.3.4.5", "0.0.0.0", "123",
+     "api.example.com", "a1.2.3.4"],
+)  # fmt: skip
+def test_normalize_host_fast_path_agrees_with_asking_ipaddress(host: str) -> None:
+    try:
+        expected: str | type[ValueError] = _normalize_host_reference(host)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: str | type[ValueError] = normalize_host(host)
+    except ValueError:
+        got = ValueError
+    assert got == expected

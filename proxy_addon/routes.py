@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -135,12 +135,13 @@ class RouteTable:
         self.routes = routes
         # (scheme, port) -> hosts, for match() and intercepts(); https hosts on any port, for
         # https_only_match(). Positions are places in `routes` (file order), not Route.index.
-        self._by_address: dict[tuple[str, int], _HostIndex] = {}
-        self._https_any_port = _HostIndex()
+        by_address: dict[tuple[str, int], list[tuple[int, Route]]] = {}
         for position, r in enumerate(routes):
-            self._by_address.setdefault((r.scheme, r.port), _HostIndex()).add(position, r)
-            if r.scheme == "https":
-                self._https_any_port.add(position, r)
+            by_address.setdefault((r.scheme, r.port), []).append((position, r))
+        self._by_address = {address: _HostIndex(rs) for address, rs in by_address.items()}
+        self._https_any_port = _HostIndex(
+            (position, r) for position, r in enumerate(routes) if r.scheme == "https"
+        )
 
     def __iter__(self) -> Iterator[Route]:
         return iter(self.routes)
@@ -166,67 +167,58 @@ class RouteTable:
         return hosts is not None and bool(hosts.candidates(_host(host)))
 
 
-class _PathIndex:
-    """The routes of one host pattern (in one scheme and port), by path prefix.
+# One host pattern's routes by path prefix, frozen into plain tuples of ints and strings, which
+# the garbage collector stops tracking: a large table adds next to no work to each collection.
+#   (root, lowest, keyed)
+#   root: the position of the first route with prefix "/" (it matches every path), or None;
+#   lowest: the lowest position among the other prefixes (math.inf when there are none);
+#   keyed: lookup key -> ((prefix, position), ...), or None when there are no other prefixes.
+# A prefix P matches a path q when P is "/", q == P, or q starts with P's base (P with a
+# trailing "/"). So P is filed under P and under its base, and a path q looks up q itself and
+# each of its own prefixes that end in "/": only prefixes that can match q are ever compared.
+# Routes with the same prefix behave alike here, so only the first of them is kept.
+_Paths = tuple[int | None, float, dict[str, tuple[tuple[str, int], ...]] | None]
 
-    A prefix P matches a path q when P is "/", q == P, or q starts with P's base (P with a
-    trailing "/"). So P is filed under P and under its base, and a path q looks up q itself and
-    each of its own prefixes that end in "/": only prefixes that can match q are ever compared.
-    Routes with the same prefix behave alike here, so only the first of them is kept.
-    """
 
-    __slots__ = ("by_key", "first", "lowest", "root")
-
-    def __init__(self) -> None:
-        self.root: int | None = None  # the first route with prefix "/": matches every path
-        self.first: dict[str, int] = {}  # other prefix -> its first position
-        self.by_key: dict[str, list[str]] = {}  # lookup key -> prefixes filed under it
-        self.lowest: float = math.inf  # the lowest position among the other prefixes
-
-    def add(self, position: int, prefix: str) -> None:
+def _paths(entries: list[tuple[int, str]]) -> _Paths:
+    """The `_Paths` of one host pattern's (position, prefix) entries, in file order."""
+    root: int | None = None
+    lowest = math.inf
+    keyed: dict[str, list[tuple[str, int]]] = {}
+    seen: set[str] = set()
+    for position, prefix in entries:
         if prefix == "/":
-            if self.root is None:
-                self.root = position
-            return
-        if prefix in self.first:
-            return
-        self.first[prefix] = position
-        self.lowest = min(self.lowest, position)
+            root = position if root is None else root
+            continue
+        if prefix in seen:
+            continue
+        seen.add(prefix)
+        lowest = min(lowest, position)
         base = prefix if prefix.endswith("/") else prefix + "/"
         for key in {prefix, base}:
-            self.by_key.setdefault(key, []).append(prefix)
-
-    def first_match(self, keys: list[str], strict: str | None, below: float) -> int | None:
-        """The lowest position below `below` whose prefix matches (the paths behind) `keys`,
-        and `strict` too when given."""
-        best: int | None = None
-        for key in keys:
-            for prefix in self.by_key.get(key, ()):
-                position = self.first[prefix]
-                if position < below and (strict is None or path_matches(prefix, strict)):
-                    best, below = position, position
-        return best
+            keyed.setdefault(key, []).append((prefix, position))
+    return root, lowest, {k: tuple(v) for k, v in keyed.items()} if keyed else None
 
 
 class _HostIndex:
-    """Host patterns to their `_PathIndex`: exact names by name, `*.example.com` by
-    `example.com`. A host finds its wildcards by walking its parent domains."""
+    """Host patterns to their `_Paths`: exact names by name, `*.example.com` by `example.com`.
+    A host finds its wildcards by walking its parent domains."""
 
     __slots__ = ("exact", "wildcard")
 
-    def __init__(self) -> None:
-        self.exact: dict[str, _PathIndex] = {}
-        self.wildcard: dict[str, _PathIndex] = {}
+    def __init__(self, routes: Iterable[tuple[int, Route]]) -> None:
+        exact: dict[str, list[tuple[int, str]]] = {}
+        wildcard: dict[str, list[tuple[int, str]]] = {}
+        for position, r in routes:
+            if r.host.startswith("*."):
+                wildcard.setdefault(r.host[2:], []).append((position, r.path))
+            else:
+                exact.setdefault(r.host, []).append((position, r.path))
+        self.exact = {host: _paths(entries) for host, entries in exact.items()}
+        self.wildcard = {suffix: _paths(entries) for suffix, entries in wildcard.items()}
 
-    def add(self, position: int, route: Route) -> None:
-        if route.host.startswith("*."):
-            paths = self.wildcard.setdefault(route.host[2:], _PathIndex())
-        else:
-            paths = self.exact.setdefault(route.host, _PathIndex())
-        paths.add(position, route.path)
-
-    def candidates(self, host: str) -> list[_PathIndex]:
-        """The path indexes of every pattern that matches `host` (see `host_matches`)."""
+    def candidates(self, host: str) -> list[_Paths]:
+        """The `_Paths` of every pattern that matches `host` (see `host_matches`)."""
         found = []
         exact = self.exact.get(host)
         if exact is not None:
@@ -242,23 +234,25 @@ class _HostIndex:
         return found
 
 
-def _first(candidates: list[_PathIndex], path: str, *, strict: bool) -> int | None:
+def _first(candidates: list[_Paths], path: str, *, strict: bool) -> int | None:
     """The lowest position among the candidates' routes whose prefix matches `path` (as
     normalized, and also as a lenient server reads it when `strict`)."""
     best = math.inf
-    for paths in candidates:
-        if paths.root is not None and paths.root < best:
-            best = paths.root
+    for root, _, _ in candidates:
+        if root is not None and root < best:
+            best = root
     keys: list[str] | None = None
     lenient: str | None = None
-    for paths in candidates:
-        if paths.lowest < best:  # a prefix other than "/" could still win: read the path
-            if keys is None:
-                keys = _path_keys(normalize_path(path))
-                lenient = strict_path(path) if strict else None
-            found = paths.first_match(keys, lenient, best)
-            if found is not None:
-                best = found
+    for _, lowest, keyed in candidates:
+        if keyed is None or lowest >= best:
+            continue  # nothing here can beat what was found: the path need not be read
+        if keys is None:
+            keys = _path_keys(normalize_path(path))
+            lenient = strict_path(path) if strict else None
+        for key in keys:
+            for prefix, position in keyed.get(key, ()):
+                if position < best and (lenient is None or path_matches(prefix, lenient)):
+                    best = position
     return None if best == math.inf else int(best)
 
 

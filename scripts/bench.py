@@ -25,7 +25,7 @@ Phases, in one run:
    10-route and the 10 000-route authproxy end to end, interleaved;
 3. workers (issue 11 item 3): measured when `authproxy run` has `--workers`, else said so;
 4. memory: each proxy's RSS after 10 000 requests and after `--memory-requests` (default
-   30 000; `--memory`: 100 000), and the difference;
+   20 000; `--memory`: 100 000), and the difference;
 5. storm: with a token cached, the IdP expires it (the proxy does not know) and turns slow;
    then `--storm` requests, released together, all meet a 401. authproxy should make one token
    request for all of them and answer every one with 200.
@@ -329,6 +329,7 @@ class RunResult:
     requests: int
     seconds: float
     cpu_seconds: float  # the proxy's CPU time during the timed requests
+    client_cpu_seconds: float  # this process's (load generator, API, IdP) in the same time
     latencies: list[float]  # seconds, one per timed request
     statuses: Counter[int | str] = field(default_factory=Counter)  # warm-up included
 
@@ -339,6 +340,11 @@ class RunResult:
     @property
     def cpu_us(self) -> float:
         return self.cpu_seconds / self.requests * 1e6
+
+    @property
+    def busy(self) -> tuple[float, float]:
+        """Percent of one core used by the proxy, and by this process, during the run."""
+        return self.cpu_seconds / self.seconds * 100, self.client_cpu_seconds / self.seconds * 100
 
     def percentile(self, q: int) -> float:
         if len(self.latencies) < 2:
@@ -391,19 +397,19 @@ def load_run(proxy: ProxyProcess, target: Target, n: int, clients: int, warmup: 
         start.wait()
     except threading.BrokenBarrierError:
         raise BenchError(f"{proxy.name}: the client threads did not get ready in time") from None
-    cpu0, t0 = proxy.cpu_seconds(), time.perf_counter()
+    cpu0, mine0, t0 = proxy.cpu_seconds(), time.process_time(), time.perf_counter()
     for t in pool:
         t.join()
     seconds, cpu = time.perf_counter() - t0, proxy.cpu_seconds() - cpu0
+    mine = time.process_time() - mine0
     total: Counter[int | str] = Counter()
     for c in statuses:
         total.update(c)
     proxy.served += n + warmup * clients
     if not proxy.alive():
         raise BenchError(f"{proxy.name} exited during the run\n{proxy.log_tail()}")
-    return RunResult(
-        proxy.name, clients, n, seconds, cpu, [x for lat in latencies for x in lat], total
-    )
+    latency = [x for lat in latencies for x in lat]
+    return RunResult(proxy.name, clients, n, seconds, cpu, mine, latency, total)
 
 
 def interleaved(
@@ -426,7 +432,8 @@ def interleaved(
             print(
                 f"  round {rnd} {proxy.name:<26} {clients:>2} clients {run.rps:7.0f} req/s  "
                 f"p50 {run.percentile(50) * 1000:6.2f} ms  p99 {run.percentile(99) * 1000:6.2f} "
-                f"ms  cpu {run.cpu_us:5.0f} us/req  [{_counts(run.statuses)}]",
+                f"ms  cpu {run.cpu_us:5.0f} us/req, proxy {run.busy[0]:3.0f}% + client "
+                f"{run.busy[1]:3.0f}% of a core  [{_counts(run.statuses)}]",
                 file=sys.stderr,
             )
     return runs
@@ -528,6 +535,7 @@ class Summary:
     p50_ms: float
     p99_ms: float
     cpu_us: float
+    busy: tuple[float, float]  # median % of one core: the proxy, this process
 
 
 def summarize(runs: list[RunResult]) -> Summary:
@@ -539,6 +547,10 @@ def summarize(runs: list[RunResult]) -> Summary:
         min(r.percentile(50) for r in runs) * 1000,
         min(r.percentile(99) for r in runs) * 1000,
         min(r.cpu_us for r in runs),
+        (
+            statistics.median(r.busy[0] for r in runs),
+            statistics.median(r.busy[1] for r in runs),
+        ),
     )
 
 
@@ -555,11 +567,14 @@ def check_statuses(run: RunResult, expected: int, why: str) -> list[str]:
 
 
 def table_lines(summaries: Sequence[Summary]) -> list[str]:
-    lines = [f"{'':<27}{'clients':>7}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>12}"]
+    lines = [
+        f"{'':<27}{'clients':>7}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>11}"
+        f"{'proxy %CPU':>11}{'client %CPU':>12}"
+    ]
     for s in summaries:
         lines.append(
             f"{s.name:<27}{s.clients:>7}{s.rps:>8.0f}{s.p50_ms:>8.2f}{s.p99_ms:>8.2f}"
-            f"{s.cpu_us:>12.0f}"
+            f"{s.cpu_us:>11.0f}{s.busy[0]:>11.0f}{s.busy[1]:>12.0f}"
         )
     return lines
 
@@ -633,13 +648,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--memory",
         action="store_true",
         help=f"measure RSS after {MEMORY_BASE} and after 100 000 requests (about 5 more "
-        "minutes) instead of the default 30 000",
+        "minutes) instead of the default 20 000",
     )
     p.add_argument(
         "--memory-requests",
         type=int,
         metavar="N",
-        help="requests served when RSS is read the second time (default 30 000; --memory: "
+        help="requests served when RSS is read the second time (default 20 000; --memory: "
         "100 000; --quick: 1500)",
     )
     p.add_argument(
@@ -664,7 +679,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.storm is None:
         args.storm = 20 if args.quick else 100
     if args.memory_requests is None:
-        args.memory_requests = 100_000 if args.memory else 1500 if args.quick else 30_000
+        args.memory_requests = 100_000 if args.memory else 1500 if args.quick else 20_000
     args.memory_base = min(MEMORY_BASE, args.memory_requests // 2) if args.quick else MEMORY_BASE
     for name in ("requests", "concurrency", "rounds", "storm", "memory_requests", "routes"):
         if getattr(args, name) < 1:
@@ -710,6 +725,9 @@ def main(argv: list[str] | None = None) -> int:
             f"load generator: Python threads, one keep-alive http.client connection each, "
             f"CONNECT + TLS through the proxy to https://{API_HOST}:{api.port}{API_PATH}",
             f"both proxies quiet (-q); best of {args.rounds} interleaved round(s) per metric",
+            "CPU us/req: the proxy's CPU time per request (/proc); proxy and client %CPU: "
+            "share of one core used by the proxy and by this process (load generator, API, "
+            "IdP), median of the rounds; a proxy near 100% is the bottleneck (one event loop)",
             "",
         ]
 

@@ -102,6 +102,7 @@ def numbered(token: Token) -> int:
     return n
 
 
+
 def helper(mode: str, db: Path, credential: str, key: bytes, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, ENV_VAR: key.decode(), "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(

@@ -7,6 +7,7 @@ authproxy_config=FILE`. Imports are absolute because mitmproxy loads a script by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -23,7 +24,9 @@ from proxy_addon import replies
 from proxy_addon.audit import AuditLog, strip_query_values
 from proxy_addon.cache import CredentialCache, TokenUnavailable
 from proxy_addon.config import ConfigError, load_config
+from proxy_addon.console import console_info
 from proxy_addon.guards import request_refusal, unsafe_options
+from proxy_addon.instrument import instrument
 from proxy_addon.metrics import Metrics
 from proxy_addon.redact import redacted_authorization, redacted_token, scrub_echoes
 from proxy_addon.retry import retry_decision
@@ -97,6 +100,7 @@ class AuthProxy:
                 runtime = Runtime.build(load_config(Path(path)))
             except (ConfigError, StoreError) as e:
                 raise exceptions.OptionsError(str(e)) from None
+            instrument(runtime, self.metrics)
             logger.info(
                 "authproxy: %d credential(s), %d route(s) from %s",
                 len(runtime.caches),
@@ -221,9 +225,14 @@ class AuthProxy:
     async def _status(self, path: str) -> http.Response:
         views = await self.credential_views()
         refreshes = self._refreshes()
-        return status_response(
-            path, views, self.metrics.snapshot(refreshes), self.metrics.prometheus(refreshes, views)
-        )
+        info = console_info(
+            self.runtime, self.metrics, self._secrets(),
+            listen=(ctx.options.listen_host, ctx.options.listen_port),
+            config=ctx.options.authproxy_config,
+        )  # fmt: skip
+        counters = self.metrics.snapshot(refreshes)
+        metrics = self.metrics.prometheus(refreshes, views)
+        return status_response(path, views, counters, metrics, info=info)
 
     def _refreshes(self) -> dict[str, int]:
         rt = self.runtime
@@ -235,12 +244,15 @@ class AuthProxy:
             return []
 
         def read() -> dict[str, object]:
-            return {n: c.store.get(n) if c.store else None for n, c in rt.caches.items()}
+            # Row by row: one damaged row must not blank out the others.
+            out: dict[str, object] = {}
+            for n, c in rt.caches.items():
+                with contextlib.suppress(StoreError):
+                    key = rt.config.credentials[n].store_key
+                    out[n] = c.store.get(key) if c.store else None
+            return out
 
-        try:
-            records = await asyncio.to_thread(read)
-        except StoreError:
-            records = {}
+        records = await asyncio.to_thread(read)
         now = time.time()
         views = [
             describe(cfg, records.get(name), now, rt.caches[name].status())  # type: ignore[arg-type]
@@ -334,11 +346,12 @@ class AuthProxy:
                 self.on_redacted(flow)
 
     def _audit(self, flow: http.HTTPFlow, route: Route, *, refreshed: bool = False) -> None:
+        req, resp = flow.request, flow.response
+        end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
+        self.metrics.observe_request(route.credential, end - req.timestamp_start)
         if self.audit is None:
             return
-        req, resp = flow.request, flow.response
         retried = bool(flow.metadata.get(META, {}).get("retried"))
-        end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
         self.audit.write(
             credential=route.credential,
             route=route.describe(),

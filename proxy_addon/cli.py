@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import token_commands, wrap
+from . import init_command, token_commands, wrap
 from .config import Config, ConfigError, config_path, load_config
 from .store import StoreError
 
@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--once", action="store_true", help="make the demo call, then stop")
     demo.set_defaults(func=_cmd_demo)
 
+    init_command.register(sub)
     token_commands.register(sub, _load)
     wrap.register(sub, _load)
 
@@ -86,6 +87,7 @@ def _load(args: argparse.Namespace) -> tuple[Path, Config]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .portcheck import effective_listen, listen_problem
     from .runner import RunOptions, StartupError, run
 
     path, config = _load(args)
@@ -95,6 +97,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not host or not port.isdigit():
             raise ConfigError("--listen", "", f"expected HOST:PORT, got {args.listen!r}")
         listen = (host.strip("[]"), int(port))
+    # Before anything opens or creates the token store: a start that cannot listen changes nothing.
+    if problem := listen_problem(*effective_listen(listen, config, args.sets)):
+        print(f"authproxy: {problem}", file=sys.stderr)
+        return 2
     try:
         return run(
             RunOptions(
@@ -139,24 +145,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_rotate_key(args: argparse.Namespace) -> int:
-    from .store.keys import add_key, load_keys
+    import os
+
+    from .store.keys import ENV_VAR, add_key, load_keys
     from .store.paths import default_db_path, default_key_file
-    from .store.sqlite import SqliteStore
+    from .store.sqlite import SqliteStore, stored_rows
 
     _, config = _load(args)
     db_path = config.store.path or default_db_path()
     key_file = config.store.key_file or default_key_file()
-    import os
-
-    if os.environ.get("AUTHPROXY_KEY"):
+    # A missing key file over stored rows is lost, not empty: never start a new one.
+    rows = stored_rows(db_path)
+    if os.environ.get(ENV_VAR):
         print(
-            "authproxy: AUTHPROXY_KEY is set: put a new key first in that variable (comma-"
+            f"authproxy: {ENV_VAR} is set: put a new key first in that variable (comma-"
             "separated, newest first), then run rotate-key again with it",
             file=sys.stderr,
         )
     else:
-        print(f"added a new key to {add_key(key_file, db_path=db_path)}")
-    keyring = load_keys(key_file, db_path=db_path)
+        print(f"added a new key to {add_key(key_file, db_path=db_path, stored_rows=rows)}")
+    keyring = load_keys(key_file, db_path=db_path, stored_rows=rows)
     with SqliteStore(db_path, keyring, create=False) as store:
         n = store.rotate(keyring)
     print(f"re-encrypted {n} credential(s) in {db_path} under the newest key")

@@ -8,7 +8,9 @@ environment), so that the rules are easy to test. Every error names the file, th
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -48,7 +50,11 @@ GrantName = Literal[
     "client_credentials", "refresh_token", "authorization_code", "device_code", "password", "static"
 ]
 CLIENT_AUTH = ("basic", "post")
+STORE_KEY_SEPARATOR = "#"
+# Authorization parameters that change the sign-in page, not the token: left out of identity.
+_UI_ONLY_PARAMS = frozenset({"prompt", "login_hint", "ui_locales", "display", "max_age"})
 EXISTING_AUTH = ("replace", "keep", "reject")
+REFRESH_TIMEOUT_FACTOR = 3  # refresh-token requests get this many times idp_timeout
 
 
 class ConfigError(Exception):
@@ -68,6 +74,20 @@ class TokenPolicy:
     retry_attempts: int = 3  # per refresh, on 5xx / timeouts / connection errors
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    # How long shutdown or a reload waits for a refresh in flight to commit its token;
+    # None: idp_timeout + 2 s (one IdP call, then the store write).
+    drain_timeout: float | None = None
+    # At most one 401-triggered refresh per credential this often. 5 s is longer than a request
+    # round trip, so a token refused again right after it replaced a refused one is caught (an
+    # API that always says 401 cannot make the proxy storm the IdP), and short enough that a
+    # real revocation a little later is still handled at once.
+    reject_grace: float = 5.0
+
+    @property
+    def refresh_timeout(self) -> float:
+        """Total deadline of a refresh-token request. Longer than `idp_timeout`: abandoning
+        one whose answer is slow may cost the sign-in (a rotated token spent on a lost answer)."""
+        return self.idp_timeout * REFRESH_TIMEOUT_FACTOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +124,42 @@ class CredentialConfig:
     @property
     def interactive(self) -> bool:
         return self.grant in INTERACTIVE
+
+    @property
+    def identity(self) -> str:
+        """16 hex digits naming what a token of this credential is valid for.
+
+        Two configs may both call a credential `svc` while meaning different IdPs, clients or
+        APIs; the store keeps their tokens apart by this digest. It covers what decides who
+        issued a token and to whom (grant, token URL or issuer, client id, scopes, audience and
+        the other token parameters, the user of a password grant), never a secret, and nothing
+        that only tunes behaviour (timings, client_auth, the redirect port): changing those
+        must not orphan a login.
+        """
+        auth_params = {
+            k: v for k, v in self.authorization_params.items() if k not in _UI_ONLY_PARAMS
+        }
+        parts = {
+            "grant": self.grant,
+            "token_url": self.token_url,
+            "issuer": self.issuer,
+            "client_id": self.client_id,
+            "scopes": sorted(set(self.scopes)),
+            "params": dict(sorted(self.params.items())),
+            "authorization_params": dict(sorted(auth_params.items())),
+            "username": self.username if self.grant == "password" else None,
+        }
+        canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def store_key(self) -> str:
+        """The row of the token store that holds this credential's tokens: `name#identity`.
+
+        `#` cannot occur in a credential name, so a key never collides with a bare name (the
+        rows of authproxy versions before identities existed, which are never served).
+        """
+        return f"{self.name}{STORE_KEY_SEPARATOR}{self.identity}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +465,10 @@ def _parse_policy(s: _Reader, base: TokenPolicy) -> TokenPolicy:
         retry_attempts=s.integer("retry_attempts", base.retry_attempts, minimum=1, maximum=10),
         backoff_initial=s.number("backoff_initial", base.backoff_initial),
         backoff_max=s.number("backoff_max", base.backoff_max),
+        drain_timeout=s.number("drain_timeout", base.drain_timeout or 0.0)
+        if s.has("drain_timeout")
+        else base.drain_timeout,
+        reject_grace=s.number("reject_grace", base.reject_grace),
     )
 
 

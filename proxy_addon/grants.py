@@ -1,57 +1,35 @@
-"""Getting tokens from an identity provider, through requests-oauthlib. Blocking I/O: callers
-run these in a worker thread.
+"""Getting tokens from an identity provider. Blocking I/O: callers run these in a worker thread.
 
 Each grant turns the IdP's answer into a `Token`, and every failure into a `GrantError` that says
-whether trying again can help (`terminal`). Token requests never go through a proxy (our own
-`HTTPS_PROXY` may point back at us) and always verify the IdP's certificate.
+whether trying again can help (`terminal`), when (`retry_after`), and whether the request may
+already have been acted on (`outcome_unknown`). The exchange itself (`idp_http`) has a total
+deadline and a size cap; reading the answer (`token_answer`) refuses tokens that could inject
+headers and scrubs the IdP's words of every secret the request carried.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
-from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import quote_plus
-
-import requests
-from oauthlib.oauth2 import (
-    BackendApplicationClient,
-    LegacyApplicationClient,
-    MissingTokenError,
-    OAuth2Error,
-)
-from requests.auth import HTTPBasicAuth
-from requests_oauthlib import OAuth2Session
 
 from .config import CredentialConfig
 from .discovery import Endpoints, endpoints_for
 from .errors import GrantError
+from .idp_http import exchange
+from .token_answer import TERMINAL_ERRORS, parse_token_answer
 from .tokens import Token
 
-__all__ = ["Grant", "GrantError", "LoginGrant", "make_grant"]
+__all__ = ["TERMINAL_ERRORS", "Grant", "GrantError", "LoginGrant", "make_grant"]
 
-# oauthlib raises when the IdP grants other scopes than asked; we take what the IdP gives.
-os.environ.setdefault("OAUTHLIB_RELAX_TOKEN_SCOPE", "1")
-# requests-oauthlib and oauthlib log token bodies at DEBUG: never let them.
-for _name in ("requests_oauthlib", "oauthlib"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+logger = logging.getLogger(__name__)
 
-# RFC 6749 §5.2 errors that another attempt with the same input cannot fix.
-TERMINAL_ERRORS = frozenset(
-    {
-        "invalid_grant",
-        "invalid_client",
-        "unauthorized_client",
-        "unsupported_grant_type",
-        "invalid_scope",
-        "invalid_request",
-        "access_denied",
-    }
-)
+# Grants whose request spends a one-time secret: sent twice, the second meets a spent secret
+# (and an IdP with reuse detection revokes the whole login).
+ONE_TIME_GRANTS = frozenset({"refresh_token", "authorization_code"})
 
 
 class Grant(Protocol):
@@ -88,111 +66,95 @@ class _OAuthGrant:
             self._endpoints = endpoints_for(self.cfg, self.verify)
         return self._endpoints
 
-    def session(self, client: Any = None, *, scoped: bool = True, **kwargs: Any) -> OAuth2Session:
-        scope = (list(self.cfg.scopes) or None) if scoped else None
-        session = OAuth2Session(
-            client=client or BackendApplicationClient(self.cfg.client_id, scope=scope),
-            scope=scope,
-            **kwargs,
-        )
-        session.trust_env = False  # never via HTTP(S)_PROXY: that may be us
-        session.max_redirects = 0  # a redirect would re-post the secrets in the body elsewhere
-        for hook in ("access_token_response", "refresh_token_response"):
-            session.register_compliance_hook(hook, _check_status)
-        return session
-
-    def client_auth(self) -> tuple[HTTPBasicAuth | None, dict[str, Any]]:
-        """(auth, body params) for fetch_token: Basic, or in the body (public clients: id only)."""
+    def client_auth(self) -> tuple[tuple[str, str] | None, dict[str, str]]:
+        """(Basic auth, body params): Basic with a secret, else in the body (public: id only)."""
         cfg = self.cfg
         if cfg.client_auth == "basic" and cfg.client_secret:
             # RFC 6749 §2.3.1: id and secret are form-encoded before Basic encoding.
-            auth = HTTPBasicAuth(quote_plus(cfg.client_id or ""), quote_plus(cfg.client_secret))
-            return auth, {"include_client_id": False}
-        body: dict[str, Any] = {"include_client_id": True}
+            return (quote_plus(cfg.client_id or ""), quote_plus(cfg.client_secret)), {}
+        body = {"client_id": cfg.client_id or ""}
         if cfg.client_secret:
             body["client_secret"] = cfg.client_secret
         return None, body
 
-    def call(self, what: str, fn: Any, **kwargs: Any) -> Token:
-        """One token request through requests-oauthlib, every failure made a GrantError."""
-        started = time.time()
+    def scope_param(self) -> dict[str, str]:
+        return {"scope": " ".join(self.cfg.scopes)} if self.cfg.scopes else {}
+
+    def call(
+        self,
+        what: str,
+        form: dict[str, str],
+        *,
+        timeout: float | None = None,
+        sent: tuple[str | None, ...] = (),
+    ) -> Token:
+        """One token request: `form` plus client authentication, to the token endpoint.
+
+        `sent` are the secrets in `form` besides the configured ones (a stored refresh token, a
+        code): the IdP's error text may quote them, and must never carry them further."""
         token_url = self.endpoints().token_url
         if token_url is None:
             raise GrantError(
                 "no_token_endpoint", f"{what}: the issuer names no token endpoint", terminal=True
             )
+        auth, client = self.client_auth()
+        # Extra params from the config never override the protocol's own fields.
+        body = {**dict(self.cfg.params), **client, **form}
+        started = time.time()
         try:
-            raw: Mapping[str, Any] = fn(
-                token_url, timeout=self.cfg.policy.idp_timeout, verify=self.verify, **kwargs
+            answer = exchange(
+                "POST",
+                token_url,
+                what=what,
+                timeout=timeout or self.cfg.policy.idp_timeout,
+                verify=self.verify,
+                data=body,
+                auth=auth,
             )
-        except GrantError:
+        except GrantError as e:
+            self._forget_unknown_outcome(e, form)
             raise
-        except MissingTokenError:
-            raise GrantError(
-                "idp_bad_response",
-                f"{what}: the IdP's answer holds no access token",
-                terminal=False,
-            ) from None
-        except OAuth2Error as e:
-            code = e.error or "oauth_error"
-            # The IdP's own words, shortened: they reach clients in the 502 body.
-            desc = f": {_clip(str(e.description))}" if e.description else ""
-            raise GrantError(
-                code, f"{what} refused by the IdP: {code}{desc}", terminal=code in TERMINAL_ERRORS
-            ) from None
-        except requests.Timeout:
-            raise GrantError(
-                "idp_timeout",
-                f"{what}: the IdP did not answer within {self.cfg.policy.idp_timeout:g}s",
-                terminal=False,
-            ) from None
-        except requests.exceptions.SSLError as e:
-            raise GrantError(
-                "idp_tls_error",
-                f"{what}: TLS to the IdP failed ({_short(e)}); if it uses a private CA, list it "
-                "under ca_certs",
-                terminal=False,
-            ) from None
-        except requests.ConnectionError as e:
-            raise GrantError(
-                "idp_unreachable", f"{what}: cannot reach the IdP ({_short(e)})", terminal=False
-            ) from None
-        except requests.TooManyRedirects:
+        if 300 <= answer.status < 400:
             raise GrantError(
                 "idp_redirected",
                 f"{what}: the token endpoint redirected; set token_url to "
                 "where it points (secrets are never re-sent to a redirect)",
                 terminal=True,
-            ) from None
-        except requests.RequestException as e:
-            raise GrantError(
-                "idp_unavailable",
-                f"{what}: {type(e).__name__} talking to the IdP",
-                terminal=False,
-            ) from None
-        except (ValueError, KeyError, TypeError) as e:
-            # oauthlib could not read the answer (not JSON, no access_token, ...).
-            raise GrantError(
-                "idp_bad_response",
-                f"{what}: unreadable answer from the IdP ({_short(e)})",
-                terminal=False,
-            ) from None
-        return _to_token(raw, started, self.cfg.policy.default_lifetime)
+            )
+        try:
+            parsed = parse_token_answer(
+                answer,
+                what=what,
+                obtained_at=started,
+                default_lifetime=self.cfg.policy.default_lifetime,
+                secrets=(*self.cfg.secrets(), *sent),
+                credential=self.name,
+            )
+        except GrantError as e:
+            self._forget_unknown_outcome(e, form)
+            raise
+        for warning in parsed.warnings:
+            logger.warning("credential %s: %s", self.name, warning)
+        return parsed.token
 
-    def refresh(self, refresh_token: str) -> Token:
-        auth, extra = self.client_auth()
-        extra.pop("include_client_id")
-        if auth is None:
-            extra["client_id"] = self.cfg.client_id
+    @staticmethod
+    def _forget_unknown_outcome(error: GrantError, form: dict[str, str]) -> None:
+        # Only a request that spends a one-time secret (a rotating refresh token, a code) must
+        # never be sent twice; asking again for client credentials or a password is harmless.
+        if form.get("grant_type") not in ONE_TIME_GRANTS:
+            error.outcome_unknown = False
+
+    def refresh(self, refresh_token: str, previous: Token | None = None) -> Token:
         token = self.call(
             "refresh_token request",
             # No scope: a refresh keeps the granted scopes (RFC 6749 §6), which may be fewer
             # than those asked for.
-            self.session(scoped=False).refresh_token,
-            refresh_token=refresh_token,
-            auth=auth,
-            **extra,
-            **dict(self.cfg.params),
+            {"grant_type": "refresh_token", "refresh_token": refresh_token},
+            timeout=self.cfg.policy.refresh_timeout,
+            sent=(
+                refresh_token,
+                *((previous.access_token, previous.refresh_token) if previous else ()),
+            ),
         )
         # Keep the refresh token we used if the IdP did not rotate it (RFC 6749 §6).
         if not token.refresh_token:
@@ -210,14 +172,9 @@ class _OAuthGrant:
 
 class ClientCredentialsGrant(_OAuthGrant):
     def obtain(self, previous: Token | None) -> Token:
-        auth, extra = self.client_auth()
-        return self.call(
-            "client_credentials token request",
-            self.session().fetch_token,
-            auth=auth,
-            **extra,
-            **dict(self.cfg.params),
-        )
+        form = {"grant_type": "client_credentials", **self.scope_param()}
+        sent = (previous.access_token,) if previous else ()
+        return self.call("client_credentials token request", form, sent=sent)
 
 
 class RefreshTokenGrant(_OAuthGrant):
@@ -236,7 +193,7 @@ class RefreshTokenGrant(_OAuthGrant):
                 f"or run `authproxy login {self.name}`",
                 terminal=True,
             )
-        return self.refresh(refresh_token)
+        return self.refresh(refresh_token, previous)
 
 
 class LoginGrant(_OAuthGrant):
@@ -246,7 +203,7 @@ class LoginGrant(_OAuthGrant):
     def obtain(self, previous: Token | None) -> Token:
         if previous is None or not previous.refresh_token:
             raise self.needs_login()
-        return self.refresh(previous.refresh_token)
+        return self.refresh(previous.refresh_token, previous)
 
 
 class PasswordGrant(_OAuthGrant):
@@ -255,22 +212,18 @@ class PasswordGrant(_OAuthGrant):
     def obtain(self, previous: Token | None) -> Token:
         if previous is not None and previous.refresh_token:
             try:
-                return self.refresh(previous.refresh_token)
+                return self.refresh(previous.refresh_token, previous)
             except GrantError as e:
                 if not e.terminal:
                     raise
-        auth, extra = self.client_auth()
-        scope = list(self.cfg.scopes) or None
-        session = self.session(client=LegacyApplicationClient(self.cfg.client_id, scope=scope))
-        return self.call(
-            "password token request",
-            session.fetch_token,
-            username=self.cfg.username,
-            password=self.cfg.password,
-            auth=auth,
-            **extra,
-            **dict(self.cfg.params),
-        )
+        form = {
+            "grant_type": "password",
+            "username": self.cfg.username or "",
+            "password": self.cfg.password or "",
+            **self.scope_param(),
+        }
+        sent = (previous.access_token, previous.refresh_token) if previous else ()
+        return self.call("password token request", form, sent=sent)
 
 
 def make_grant(cfg: CredentialConfig, verify: str | bool) -> Grant:
@@ -283,47 +236,3 @@ def make_grant(cfg: CredentialConfig, verify: str | bool) -> Grant:
     if cfg.grant == "password":
         return PasswordGrant(cfg, verify)
     return LoginGrant(cfg, verify)
-
-
-def _check_status(response: requests.Response) -> requests.Response:
-    """Compliance hook: 5xx and 429 mean "try later", whatever the body says."""
-    if response.status_code >= 500 or response.status_code == 429:
-        raise GrantError(
-            "idp_unavailable", f"the IdP answered HTTP {response.status_code}", terminal=False
-        )
-    if response.status_code >= 400 and "json" not in response.headers.get("content-type", ""):
-        raise GrantError(
-            "idp_error",
-            f"the token endpoint answered HTTP {response.status_code} (is token_url right?)",
-            terminal=True,
-        )
-    return response
-
-
-def _to_token(raw: Mapping[str, Any], obtained_at: float, default_lifetime: float) -> Token:
-    expires_in = raw.get("expires_in")
-    try:
-        lifetime = float(expires_in) if expires_in is not None else default_lifetime
-    except (TypeError, ValueError):
-        lifetime = default_lifetime
-    scope = raw.get("scope") or ()
-    if isinstance(scope, str):
-        scope = scope.split()
-    token_type = str(raw.get("token_type") or "Bearer")
-    return Token(
-        access_token=str(raw["access_token"]),
-        expires_at=obtained_at + lifetime,
-        obtained_at=obtained_at,
-        token_type="Bearer" if token_type.lower() == "bearer" else token_type,
-        refresh_token=raw.get("refresh_token"),
-        scope=tuple(scope),
-    )
-
-
-def _short(e: BaseException) -> str:
-    """An exception's gist without the URL-laden chains requests produces."""
-    return _clip(str(e.args[0] if e.args else e))
-
-
-def _clip(text: str) -> str:
-    return text if len(text) < 160 else text[:157] + "..."

@@ -1,14 +1,21 @@
-"""Counters the proxy keeps per credential, and their Prometheus text form. No I/O."""
+"""Counters, durations and recent events the proxy keeps, and their Prometheus text form. No I/O.
+
+Written from the event loop and from the worker threads that call the IdP, hence the lock.
+"""
 
 from __future__ import annotations
 
 import math
+import platform
+import threading
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from .status import CredentialView
+from .events import EventLog
+from .status import CredentialView, state_id
 
-__all__ = ["COUNTERS", "Metrics"]
+__all__ = ["COUNTERS", "IDP_BUCKETS", "REQUEST_BUCKETS", "Histogram", "Metrics", "build_info"]
 
 # name -> help text; every counter is per credential.
 COUNTERS = {
@@ -19,22 +26,109 @@ COUNTERS = {
     "refused": "Requests refused by a route rule (plain http, client Authorization).",
 }
 
+# What an operator reads on the console's event list when a counter moves (injections are too
+# frequent to list one by one).
+EVENT_TEXT = {
+    "retried": ("retry", "the API answered 401: re-sent once with a new token"),
+    "token_failures": ("token_failure", "answered 502: no valid token could be had"),
+    "refused": ("refused", "refused by a route rule"),
+}
+
+# Seconds. A proxied call includes the API's own time; an IdP call includes TLS setup.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+IDP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def build_info() -> dict[str, str]:
+    from mitmproxy.version import VERSION as MITMPROXY_VERSION
+
+    from . import __version__
+
+    return {
+        "version": __version__,
+        "mitmproxy": MITMPROXY_VERSION,
+        "python": platform.python_version(),
+    }
+
+
+class Histogram:
+    """A Prometheus histogram keyed by a tuple of label values (cumulative buckets on output)."""
+
+    def __init__(self, labels: Sequence[str], buckets: Sequence[float]) -> None:
+        self.labels, self.buckets = tuple(labels), tuple(buckets)
+        # label values -> [count per bucket (not cumulative; the last is +Inf), sum]
+        self._data: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+
+    def observe(self, values: tuple[str, ...], seconds: float) -> None:
+        counts, total = self._data.setdefault(values, ([0] * (len(self.buckets) + 1), [0.0]))
+        i = next((i for i, b in enumerate(self.buckets) if seconds <= b), len(self.buckets))
+        counts[i] += 1
+        total[0] += seconds
+
+    def count(self, values: tuple[str, ...]) -> int:
+        return sum(self._data[values][0]) if values in self._data else 0
+
+    def lines(self, metric: str) -> list[str]:
+        out = []
+        for values, (counts, total) in sorted(self._data.items()):
+            labels = ",".join(f'{k}="{_esc(v)}"' for k, v in zip(self.labels, values, strict=True))
+            running = 0
+            for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
+                running += n
+                le = "+Inf" if math.isinf(bound) else repr(bound)
+                out.append(f'{metric}_bucket{{{labels},le="{le}"}} {running}')
+            out.append(f"{metric}_sum{{{labels}}} {round(total[0], 6)}")
+            out.append(f"{metric}_count{{{labels}}} {running}")
+        return out
+
 
 class Metrics:
     def __init__(self) -> None:
+        self.started_at = time.time()
         self.counts: dict[str, Counter[str]] = {name: Counter() for name in COUNTERS}
+        self.events = EventLog()
+        # Credentials whose tokens come from the config (static): "obtaining" one is no refresh.
+        self.static: frozenset[str] = frozenset()
+        self.requests = Histogram(("credential",), REQUEST_BUCKETS)
+        self.idp = Histogram(("credential", "outcome"), IDP_BUCKETS)
+        self._lock = threading.Lock()
 
     def inc(self, counter: str, credential: str) -> None:
-        self.counts[counter][credential] += 1
+        with self._lock:
+            self.counts[counter][credential] += 1
+        if counter in EVENT_TEXT:
+            kind, text = EVENT_TEXT[counter]
+            self.events.record(kind, credential, text)
+
+    def observe_request(self, credential: str, seconds: float) -> None:
+        """A routed request is done (answered by the API or by the proxy itself)."""
+        with self._lock:
+            self.requests.observe((credential,), max(seconds, 0.0))
+
+    def observe_idp(self, credential: str, seconds: float, outcome: str) -> None:
+        """One token request to the IdP; `outcome` is `ok` or the error code."""
+        with self._lock:
+            self.idp.observe((credential, outcome), max(seconds, 0.0))
 
     def snapshot(self, refreshes: dict[str, int]) -> dict[str, dict[str, int]]:
         """Counters by credential; `refreshed` comes from the caches, which own that number."""
-        out = {name: dict(c) for name, c in self.counts.items()}
-        out["refreshed"] = dict(refreshes)
+        with self._lock:
+            out = {name: dict(c) for name, c in self.counts.items()}
+        out["refreshed"] = {n: c for n, c in refreshes.items() if n not in self.static}
         return out
 
     def prometheus(self, refreshes: dict[str, int], views: Iterable[CredentialView]) -> str:
-        lines: list[str] = []
+        info = build_info()
+        lines = [
+            "# HELP authproxy_build_info Versions of authproxy, mitmproxy and Python.",
+            "# TYPE authproxy_build_info gauge",
+            "authproxy_build_info{"
+            + ",".join(f'{k}="{_esc(v)}"' for k, v in info.items())
+            + "} 1",
+            "# HELP authproxy_start_time_seconds When the proxy started (epoch seconds).",
+            "# TYPE authproxy_start_time_seconds gauge",
+            f"authproxy_start_time_seconds {round(self.started_at, 3)}",
+        ]
         for name, by_cred in self.snapshot(refreshes).items():
             metric = f"authproxy_{name}_total"
             lines += [f"# HELP {metric} {COUNTERS[name]}", f"# TYPE {metric} counter"]
@@ -45,12 +139,13 @@ class Metrics:
             "# TYPE authproxy_credential_usable gauge",
         ]
         lines += [
-            f'authproxy_credential_usable{{credential="{_esc(v.name)}",state="{_esc(v.state)}"}} '
-            f"{int(v.state in ('valid', 'expiring'))}"
+            f'authproxy_credential_usable{{credential="{_esc(v.name)}",'
+            f'state="{state_id(v.state)}"}} {int(v.state in ("valid", "expiring"))}'
             for v in views
         ]
         lines += [
-            "# HELP authproxy_token_expires_in_seconds Seconds until the current token expires.",
+            "# HELP authproxy_token_expires_in_seconds Seconds until the current token expires "
+            "(negative: expired; +Inf: never).",
             "# TYPE authproxy_token_expires_in_seconds gauge",
         ]
         lines += [
@@ -59,6 +154,17 @@ class Metrics:
             for v in views
             if v.expires_in is not None
         ]
+        with self._lock:
+            lines += [
+                "# HELP authproxy_request_duration_seconds Time from a routed request's arrival "
+                "to its answer, retries and token waits included.",
+                "# TYPE authproxy_request_duration_seconds histogram",
+                *self.requests.lines("authproxy_request_duration_seconds"),
+                "# HELP authproxy_idp_request_duration_seconds Time of each token request to "
+                "the identity provider, by outcome (ok or the error code).",
+                "# TYPE authproxy_idp_request_duration_seconds histogram",
+                *self.idp.lines("authproxy_idp_request_duration_seconds"),
+            ]
         return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ from mitmproxy import http
 
 from .cache import TokenUnavailable
 from .routes import Route
+from .sanitize import clean, safe_code
 
 __all__ = ["authorization_present", "plain_http_refused", "token_unavailable"]
 
@@ -31,22 +32,23 @@ def _reply(
 
 
 def token_unavailable(e: TokenUnavailable, secrets: Sequence[str] = ()) -> http.Response:
-    """`secrets` are scrubbed from the message, which quotes the IdP's own words."""
+    """`secrets` are scrubbed from the message, which quotes the IdP's own words; the reason
+    is a code (`[a-z_]+`) or `idp_error`."""
     extra = {}
     message = scrub(str(e), secrets)
-    body: dict[str, Any] = {"credential": e.credential, "reason": e.code, "message": message}
+    reason = safe_code(e.code)
+    body: dict[str, Any] = {"credential": e.credential, "reason": reason, "message": message}
     if e.retry_after is not None:
         body["retry_after"] = round(e.retry_after, 1)
         extra["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
-    if e.code in ("needs_login", "invalid_grant"):
+    if reason in ("needs_login", "invalid_grant"):
         body["hint"] = f"run: authproxy login {e.credential}"
     return _reply(502, "token_unavailable", body, extra)
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "<redacted>")
-    return text
+    """`text` without the secrets, control characters or terminal escapes: safe to show."""
+    return clean(text, secrets, limit=1000)
 
 
 def plain_http_refused(route: Route) -> http.Response:
@@ -79,7 +81,8 @@ def retry_failed(route: Route, reason: str) -> http.Response:
         "retry_failed",
         {
             "credential": route.credential,
-            "message": f"the API rejected the token; re-sending with a new one failed: {reason}",
+            "message": "the API rejected the token; re-sending with a new one failed: "
+            + clean(reason, limit=300),
         },
     )
 

@@ -7,9 +7,11 @@ store without a proxy.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +19,18 @@ from pathlib import Path
 import certifi
 
 from .cache import CredentialCache
-from .config import Config, StoreConfig
+from .config import Config, ConfigError, StoreConfig
 from .grants import make_grant
 from .store import MemoryStore, TokenStore
 from .store.keys import load_keys
 from .store.paths import default_db_path, default_key_file
-from .store.sqlite import SqliteStore
+from .store.sqlite import CorruptRowError, DamagedRowError, SqliteStore, stored_rows
 
-__all__ = ["Runtime", "open_store", "trust_bundle"]
+__all__ = ["Runtime", "check_rows", "open_store", "trust_bundle"]
+
+log = logging.getLogger(__name__)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,21 +44,43 @@ class Runtime:
     def build(
         cls, config: Config, env: Mapping[str, str] = os.environ, *, check_store: bool = True
     ) -> Runtime:
-        ca_bundle = trust_bundle(config.ca_certs)
+        ca_bundle = trust_bundle(config.ca_certs, config.source)
         store = open_store(config.store, env) if config.credentials else MemoryStore()
+        try:
+            if check_store:
+                check_rows(config, store)
+        except BaseException:
+            store.close()
+            raise
         caches = {}
         for name, cred in config.credentials.items():
-            if check_store and cred.grant != "static":
-                # Fail at start, not on the first request, when the key cannot read a row.
-                store.get(name)
             grant = make_grant(cred, ca_bundle or True)
             # Static tokens are in the config already; persisting them would only copy a secret.
             caches[name] = CredentialCache(
-                name, grant, None if cred.grant == "static" else store, cred.policy
-            )
+                name, grant, None if cred.grant == "static" else store, cred.policy,
+                store_key=cred.store_key,
+            )  # fmt: skip
         return cls(config, store, caches, ca_bundle)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop refreshing, let a refresh in flight commit its token (bounded), close the store.
+
+        Without the wait, a token the IdP has just returned (and with it a rotated refresh
+        token, the only valid one now) would be thrown away with the closed store. `timeout`
+        defaults to the longest `drain_timeout` of the credentials.
+        """
+        caches = list(self.caches.values())
+        for cache in caches:
+            cache.close()
+        if timeout is None:
+            timeout = max((c.drain_timeout for c in caches), default=0.0)
+        deadline = time.monotonic() + timeout
+        for cache in caches:
+            if not cache.drain(max(deadline - time.monotonic(), 0.0)):
+                logger.warning(
+                    "credential %s: a token refresh was still running after %.1fs; "
+                    "closing the store anyway, its result is lost", cache.name, timeout,
+                )  # fmt: skip
         self.store.close()
 
 
@@ -63,22 +91,70 @@ def open_store(
         return MemoryStore()
     db_path = cfg.path or default_db_path(env)
     key_file = cfg.key_file or default_key_file(env)
-    keyring = load_keys(key_file, env, db_path=db_path, create=create)
+    # Counted before a key is generated: a fresh key over existing rows would only make every
+    # later start fail with "a different key".
+    rows = stored_rows(db_path)
+    keyring = load_keys(key_file, env, db_path=db_path, create=create, stored_rows=rows)
     return SqliteStore(db_path, keyring, create=create)
 
 
-def trust_bundle(ca_certs: tuple[Path, ...]) -> str | None:
+def check_rows(config: Config, store: TokenStore) -> None:
+    """At start: refuse a key that reads none of the rows; report a damaged row and go on.
+
+    A damaged row (or one copied from another credential) stops only its credential, which
+    answers 502 with the reason until `authproxy logout NAME` discards the row. Rows written
+    under the bare name by versions before credential identities are never served (they
+    cannot be tied to an IdP and client); a hint says so once.
+    """
+    stored = {m.credential for m in store.list()}
+    for name, cred in config.credentials.items():
+        if cred.grant == "static":
+            continue
+        try:
+            store.get(cred.store_key)
+        except (DamagedRowError, CorruptRowError) as e:
+            # A warning, not an error: mitmproxy's ErrorCheck ends the start on any error logged,
+            # and the other credentials are to start.
+            log.warning("credential %s: %s", name, e)
+        if name in stored and cred.store_key not in stored:
+            log.warning(
+                "credential %s: the token store holds a token that an older authproxy stored "
+                "under the bare name %r; it is not used, since it cannot be tied to this "
+                "config's IdP and client, and a new token is obtained instead (run `authproxy "
+                "login %s` if it needs a sign-in). `authproxy logout %s` removes the old row",
+                name, name, name, name,
+            )  # fmt: skip
+
+
+def trust_bundle(ca_certs: tuple[Path, ...], source: str = "config") -> str | None:
     """One PEM file with the usual public CAs and the configured private ones.
 
     Both requests (for the IdP) and mitmproxy (for APIs) take a single CA file, and a private
-    CA must be trusted alongside, not instead of, the public ones.
+    CA must be trusted alongside, not instead of, the public ones. Raises ConfigError (one
+    line, no traceback) when it cannot be read or written: a full disk, a file-size limit.
     """
     if not ca_certs:
         return None
-    directory = tempfile.mkdtemp(prefix="authproxy-ca-")
-    atexit.register(shutil.rmtree, directory, True)
-    path = Path(directory) / "ca-bundle.pem"
-    parts = [Path(certifi.where()).read_text()]
-    parts += [p.read_text() for p in ca_certs]
-    path.write_text("\n".join(parts))
+    try:
+        parts = [Path(certifi.where()).read_text()]
+        for p in ca_certs:
+            parts.append(p.read_text())
+    except OSError as e:
+        raise ConfigError(source, "ca_certs", f"cannot read {e.filename}: {e.strerror}") from None
+    directory = None
+    try:
+        directory = tempfile.mkdtemp(prefix="authproxy-ca-")
+        atexit.register(shutil.rmtree, directory, True)
+        path = Path(directory) / "ca-bundle.pem"
+        path.write_text("\n".join(parts))
+    except OSError as e:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise ConfigError(
+            source,
+            "ca_certs",
+            f"cannot write the combined CA bundle to {tempfile.gettempdir()}: {e.strerror} "
+            "(free some disk space there, raise the file-size limit, or set TMPDIR to another "
+            "directory)",
+        ) from None
     return str(path)

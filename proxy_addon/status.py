@@ -10,7 +10,15 @@ from .config import CredentialConfig
 from .store import Record
 from .tokens import needs_refresh
 
-__all__ = ["CredentialView", "describe"]
+__all__ = ["STATES", "CredentialView", "describe", "state_id"]
+
+# What an operator sees; `state_id` gives the form without spaces for metrics labels and CSS.
+STATES = ("valid", "expiring", "expired", "needs login", "not fetched", "failing")
+
+
+def state_id(state: str) -> str:
+    """`needs login` -> `needs_login`: a Prometheus label value or a CSS class."""
+    return "_".join(state.split())
 
 
 @dataclass(frozen=True, slots=True)

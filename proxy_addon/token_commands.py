@@ -14,7 +14,7 @@ from pathlib import Path
 from .cache import CredentialCache
 from .config import Config, ConfigError, CredentialConfig
 from .status import CredentialView
-from .store import StoreError
+from .store import StoreError, TokenStore
 
 __all__ = ["register"]
 
@@ -100,17 +100,24 @@ def _cmd_logout(args: argparse.Namespace) -> int:
         if cache.store is None:
             print(f"{args.name}: a static token is in the config, not in the store")
             return 0
+        key = cache.grant.cfg.store_key  # type: ignore[attr-defined]
+        # A row an older authproxy stored under the bare name is never served; logout is how
+        # it goes away (it cannot be revoked: nothing ties it to this config's IdP).
+        legacy = key != args.name and cache.store.delete(args.name)
+        if legacy:
+            print(f"{args.name}: deleted the token an older authproxy stored under this name")
         try:
-            record = cache.store.get(args.name)
+            record = cache.store.get(key)
         except StoreError as e:
-            cache.store.delete(args.name)
+            cache.store.delete(key)
             print(f"{args.name}: stored tokens deleted without revoking them ({e})")
             return 0
         if record is None:
-            print(f"{args.name}: no stored tokens")
+            if not legacy:
+                print(f"{args.name}: no stored tokens")
             return 0
         note = revoke(cache.grant, record.token)  # type: ignore[arg-type]
-        cache.store.delete(args.name)
+        cache.store.delete(key)
     print(f"{args.name}: stored tokens deleted; {note}")
     return 0
 
@@ -134,7 +141,6 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     import json
 
     from .runtime import open_store
-    from .status import describe
     from .store.sqlite import MissingStoreError
 
     _, config = args.load(args)
@@ -144,10 +150,9 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
         store = None
     now = time.time()
     try:
-        views = [
-            describe(c, store.get(name) if store else None, now)
-            for name, c in config.credentials.items()
-        ]
+        views = [_stored_view(c, store, now) for c in config.credentials.values()]
+        # Rows an older authproxy stored under a bare name: never used, only worth a note.
+        legacy = {m.credential for m in store.list()} & set(config.credentials) if store else set()
     finally:
         if store is not None:
             store.close()
@@ -177,7 +182,25 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
         )
         if v.last_error:
             print(f"  last error: {v.last_error}")
+        if v.name in legacy:
+            print(
+                "  note: a token an older authproxy stored under this name is not used; "
+                f"`authproxy logout {v.name}` removes it"
+            )
     return 0
+
+
+def _stored_view(cfg: CredentialConfig, store: TokenStore | None, now: float) -> CredentialView:
+    """What the store says about one credential; a damaged row affects only its own line."""
+    from .status import describe
+    from .store import CorruptRowError, DamagedRowError
+
+    if store is None or cfg.grant == "static":
+        return describe(cfg, None, now)
+    try:
+        return describe(cfg, store.get(cfg.store_key), now)
+    except (DamagedRowError, CorruptRowError) as e:
+        return dataclasses.replace(describe(cfg, None, now), state="damaged", last_error=str(e))
 
 
 def _duration(seconds: float) -> str:

@@ -34,12 +34,18 @@ if [ ! -x "$VENV/bin/python" ] || ! _py_ok "$VENV/bin/python"; then
     "$PY" -m venv "$VENV"
 fi
 
-STAMP="$VENV/.authproxy-installed"
+# What to install: the package alone (scripts/demo sets AUTHPROXY_VENV_EXTRAS= before sourcing
+# this), or with extras such as "test" (the default). A stamp per extras set says what is there.
+EXTRAS="${AUTHPROXY_VENV_EXTRAS-test}"
 WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+STAMP="$VENV/.authproxy-installed${EXTRAS:+-$EXTRAS}"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-    echo "Installing authproxy and its test dependencies into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"
+    echo "Installing authproxy${EXTRAS:+ and its $EXTRAS dependencies} into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -e "$ROOT${EXTRAS:+[$EXTRAS]}"
     echo "$WANT" >"$STAMP"
+    # The package alone is in place too: the demo need not install again.
+    [ -z "$EXTRAS" ] || echo "$WANT" >"$VENV/.authproxy-installed"
 fi
 VENV_PY="$VENV/bin/python"
 export PATH="$VENV/bin:$PATH"

@@ -208,7 +208,8 @@ def test_pkce_verifier_mismatch(tmp_path, pki, people, api) -> None:
     stolen = sign_in(other_url, username=USER, password=PASSWORD, ca=str(pki.ca_cert),
                      follow_redirect=False)  # fmt: skip
     code_value = parse_qs(urlsplit(stolen).query)["code"][0]
-    pasted = f"{q['redirect_uri'][0]}?code={code_value}&state={q['state'][0]}"
+    iss = parse_qs(urlsplit(stolen).query)["iss"][0]  # RFC 9207: the IdP names itself
+    pasted = f"{q['redirect_uri'][0]}?code={code_value}&state={q['state'][0]}&iss={iss}"
     code, out = cli.finish(pasted + "\n")
     assert code == 1
     assert "the provider refused the authorization code" in out

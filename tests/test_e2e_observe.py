@@ -59,7 +59,7 @@ def test_status_page_json_and_metrics(start_proxy, idp, api) -> None:
     assert 'authproxy_credential_usable{credential="api",state="valid"} 1' in metrics.text
 
     page = s.get("http://authproxy.local/", timeout=30)
-    assert "<td>api</td>" in page.text
+    assert 'id="credential-api"' in page.text
     all_text = [status.text, metrics.text, page.text]
     assert secrets_in(all_text, [*_issued(idp), CLIENT_SECRET]) == []
     assert len(api.requests_log) == 3  # the status page was never forwarded

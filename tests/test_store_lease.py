@@ -358,7 +358,7 @@ def test_a_short_timeout_is_kept_while_another_process_writes(open_store, db_pat
 
 
 def test_threads_of_one_process_exclude_each_other(open_store) -> None:
-    store = open_store(lock_ttl=0.3)
+    store = open_store(lock_ttl=5.0)
     inside, overlaps = [0], []
     guard = threading.Lock()
 

@@ -231,11 +231,13 @@ def test_file_modes(db_path: Path, keyring: Keyring, open_umask: None) -> None:
             assert mode_of(f) == 0o600, f.name
 
 
-def test_existing_loose_db_file_is_tightened(db_path: Path, keyring: Keyring) -> None:
+def test_existing_loose_db_file_is_refused_not_tightened(db_path: Path, keyring: Keyring) -> None:
+    # It may have been read or replaced while open: refused with the fix, never used.
     SqliteStore(db_path, keyring).close()
     os.chmod(db_path, 0o644)
-    SqliteStore(db_path, keyring).close()
-    assert mode_of(db_path) == 0o600
+    with pytest.raises(StoreError, match=f"open to other users.*chmod 600 {db_path}"):
+        SqliteStore(db_path, keyring).close()
+    assert mode_of(db_path) == 0o644
 
 
 def test_row_swapped_onto_another_credential_is_refused(store: SqliteStore, db_path: Path) -> None:
@@ -286,6 +288,7 @@ def test_malformed_keys_name_source_and_line_not_the_key(tmp_path: Path) -> None
     key_file = tmp_path / "store.key"
     bad = "not-a-key-" + uuid.uuid4().hex
     key_file.write_text(f"{Fernet.generate_key().decode()}\n\n{bad}\n")
+    key_file.chmod(0o600)
     with pytest.raises(KeySourceError) as excinfo:
         load_keys(key_file, env={})
     assert f"{key_file}, line 3" in str(excinfo.value)
@@ -370,6 +373,7 @@ def _assert_refused_untouched(db_path: Path, keyring: Keyring, match: str) -> No
 def test_random_bytes_file_is_refused_untouched(db_path: Path, keyring: Keyring) -> None:
     db_path.parent.mkdir(parents=True)
     db_path.write_bytes(os.urandom(8192))
+    db_path.chmod(0o600)
     _assert_refused_untouched(db_path, keyring, "not a database")
 
 
@@ -390,6 +394,7 @@ def test_foreign_sqlite_database_is_refused_untouched(db_path: Path, keyring: Ke
     with sqlite3.connect(db_path) as raw:
         raw.execute("CREATE TABLE notes (body TEXT)")
     raw.close()
+    db_path.chmod(0o600)
     _assert_refused_untouched(db_path, keyring, "not an authproxy token store")
 
 

@@ -101,7 +101,10 @@ def make_cache(
     store: MemoryStore | None = None,
     policy: TokenPolicy = POLICY,
 ) -> CredentialCache:
-    return CredentialCache(NAME, grant, store, policy, clock=clock, rng=random.Random(1234))
+    # One clock for both: advancing it moves the wall clock and the monotonic timers alike.
+    return CredentialCache(
+        NAME, grant, store, policy, clock=clock, monotonic=clock, rng=random.Random(1234)
+    )
 
 
 def stored_token(access_token: str, clock: Clock, remaining: float, **kw: str) -> Token:
@@ -167,7 +170,9 @@ def test_refresh_happens_inside_the_leeway(
         clock.advance(LIFETIME - LEEWAY - 1)  # 61 s left: not yet
         assert await cache.token() is first
         assert grant.calls == 1
-        clock.advance(1)  # 60 s left: due, though still valid
+        clock.advance(1)  # 60 s left: due, though still valid: refreshed in the background
+        assert await cache.token() is first
+        await cache.wait_idle()
         second = await cache.token()
         assert second.access_token == "at-2"
         assert grant.calls == 2
@@ -199,6 +204,8 @@ def test_leeway_capped_at_half_lifetime(clock: Clock, store: MemoryStore) -> Non
         clock.advance(49)
         assert await cache.token() is first
         clock.advance(1)
+        assert await cache.token() is first  # still valid: refreshed in the background
+        await cache.wait_idle()
         assert (await cache.token()).access_token == "at-2"
         assert grant.calls == 2
 
@@ -387,6 +394,7 @@ def test_terminal_error_with_valid_token_serves_it(
         clock.advance(LIFETIME - 30)  # inside the leeway
         grant.fail_with = terminal("invalid_client", "client disabled")
         assert await cache.token() is first
+        await cache.wait_idle()
         assert grant.calls == 2
         assert cache.status().state == "failing"
         assert await cache.token() is first
@@ -521,6 +529,7 @@ def test_still_valid_token_served_while_refresh_fails(
         clock.advance(LIFETIME - 30)  # due for refresh, valid for 30 s more
         grant.fail_with = transient()
         assert await cache.token() is first
+        await cache.wait_idle()
         assert grant.calls == 1 + POLICY.retry_attempts
         assert await cache.token() is first  # inside the backoff window: no call
         assert grant.calls == 1 + POLICY.retry_attempts
@@ -757,5 +766,7 @@ def test_replace_rejected_never_returns_the_rejected_token(
         grant.fail_with = transient()
         with pytest.raises(TokenUnavailable):
             await cache.replace_rejected(old)
+        with pytest.raises(TokenUnavailable):  # nor to the next request
+            await cache.token()
 
     run(scenario)

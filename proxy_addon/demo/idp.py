@@ -170,6 +170,12 @@ class AuthServer(BackgroundServer):
         self._changed = threading.Condition(self._lock)
         self._stopping = threading.Event()  # cuts the "slow" fault's wait short on stop()
         self._fault: str | None = None
+        # Hostile switches for tests: `token_answer` may replace the answer to any token
+        # request (it gets the request's form); `token_extra` is merged into every token it
+        # grants (None removes a field); `metadata_extra` into the discovery document.
+        self.token_answer: Callable[[dict[str, str]], Response | None] | None = None
+        self.token_extra: dict[str, Any] = {}
+        self.metadata_extra: dict[str, Any] = {}
         self._fault_count: int | None = None
         self._arrived = 0
         self._log: list[dict[str, Any]] = []
@@ -229,6 +235,7 @@ class AuthServer(BackgroundServer):
             "token_endpoint_auth_methods_supported": list(_AUTH_METHODS),
             "revocation_endpoint_auth_methods_supported": list(_AUTH_METHODS),
             "authorization_response_iss_parameter_supported": True,  # RFC 9207
+            **self.metadata_extra,
         }
 
     def start(self) -> AuthServer:
@@ -396,7 +403,8 @@ class AuthServer(BackgroundServer):
             basic = _basic_credentials(request.headers.get("Authorization"))
             if basic is not None:
                 entry["client_id"] = basic[0]
-            response = injected or self._grant(form, request)
+            hostile = self.token_answer(form) if self.token_answer else None
+            response = injected or hostile or self._grant(form, request)
         except OAuthError as error:
             response = injected or error.response()
         entry.update(fault=fault, status=response.status)
@@ -458,7 +466,24 @@ class AuthServer(BackgroundServer):
             payload["scope"] = issued.scope
         if issued.refresh is not None:
             payload["refresh_token"] = issued.refresh
+        for name, value in self.token_extra.items():
+            if value is None:
+                payload.pop(name, None)
+            else:
+                payload[name] = value
         return Response.of_json(200, payload, NO_STORE)
+
+    def drip(self, body: bytes, every: float, headers: dict[str, str] | None = None) -> Response:
+        """A 200 answer that sends `body` one byte every `every` seconds (until stop())."""
+
+        def chunks() -> Iterable[bytes]:
+            for i in range(len(body)):
+                if self._stopping.wait(every):
+                    return
+                yield body[i : i + 1]
+
+        hdrs = {"Content-Type": "application/json", **NO_STORE, **(headers or {})}
+        return Response(200, b"", hdrs, chunks=chunks())
 
     # Revocation (RFC 7009).
 

@@ -10,6 +10,7 @@ import socket
 import socketserver
 import ssl
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +44,9 @@ class Response:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    # When set, the body is these chunks instead, written as they come, without a length and
+    # ended by closing the connection: lets a test serve a huge or a drip-fed answer.
+    chunks: Iterable[bytes] | None = None
 
     @classmethod
     def of_json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
@@ -114,10 +118,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
+        if response.chunks is not None:
+            self._stream(response.chunks)
+            return
         self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(response.body)
+
+    def _stream(self, chunks: Iterable[bytes]) -> None:
+        self.close_connection = True
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            for chunk in chunks:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except OSError:
+            pass  # the client gave up on the answer, as it should
 
     def _bare_path(self) -> str:
         # A query string may carry a credential (RFC 6750 §2.3), so logs get the path only.

@@ -3,9 +3,11 @@
 from .base import Record, RecordMeta, StoreError, TokenStore, VersionConflict
 from .keys import Keyring, KeySourceError
 from .memory import MemoryStore
+from .safety import UnsafePathError
 from .sqlite import (
     CorruptRowError,
     CorruptStoreError,
+    DamagedRowError,
     MissingStoreError,
     SqliteStore,
     StoreBusyError,
@@ -15,6 +17,7 @@ from .sqlite import (
 __all__ = [
     "CorruptRowError",
     "CorruptStoreError",
+    "DamagedRowError",
     "KeySourceError",
     "Keyring",
     "MemoryStore",
@@ -26,5 +29,6 @@ __all__ = [
     "StoreError",
     "TokenStore",
     "UndecryptableError",
+    "UnsafePathError",
     "VersionConflict",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from cryptography.fernet import Fernet, MultiFernet
 from ..tokens import fingerprint
 from .base import StoreError
 from .paths import ensure_private_dir, fsync_dir
+from .safety import check_dir, open_no_follow
 
 __all__ = ["ENV_VAR", "KeySourceError", "Keyring", "add_key", "load_keys"]
 
@@ -57,12 +57,15 @@ def load_keys(
     *,
     db_path: Path | None = None,
     create: bool = False,
+    stored_rows: int = 0,
 ) -> Keyring:
     """The keyring from $AUTHPROXY_KEY (comma-separated), else from `key_file` (one per line).
 
     With neither present, `create=True` generates a key file; `create=False` (read-only
     commands) raises KeySourceError instead, since a fresh key could not decrypt anything
-    already stored. `db_path` is checked so that the key is never kept beside the database.
+    already stored. For the same reason no key is generated while the store holds
+    `stored_rows` > 0 rows: a deleted key file must be restored, not silently replaced.
+    `db_path` is checked so that the key is never kept beside the database.
     """
     value = env.get(ENV_VAR, "").strip()
     if value:
@@ -75,6 +78,8 @@ def load_keys(
     try:
         text = _read_key_file(key_file)
     except FileNotFoundError:
+        if stored_rows:
+            raise KeySourceError(_lost_key_message(key_file, db_path, stored_rows)) from None
         if not create:
             raise KeySourceError(
                 f"no token store key: {ENV_VAR} is not set and {key_file} does not exist. "
@@ -88,7 +93,7 @@ def load_keys(
     return keyring
 
 
-def add_key(key_file: Path, *, db_path: Path | None = None) -> str:
+def add_key(key_file: Path, *, db_path: Path | None = None, stored_rows: int = 0) -> str:
     """Put a newly generated key first in `key_file` and describe the result (never the key).
 
     The old keys stay, so rows not yet re-encrypted remain readable. The file is replaced
@@ -98,6 +103,8 @@ def add_key(key_file: Path, *, db_path: Path | None = None) -> str:
     try:
         old = _read_key_file(key_file)
     except FileNotFoundError:
+        if stored_rows:
+            raise KeySourceError(_lost_key_message(key_file, db_path, stored_rows)) from None
         old = ""
     # Refuse to build on a file we could not load afterwards.
     count = len(_parse(_numbered_lines(old), f"key file {key_file}", "line").keys) if old else 0
@@ -107,6 +114,15 @@ def add_key(key_file: Path, *, db_path: Path | None = None) -> str:
     return (
         f"new key {fingerprint(new_key.decode())} added to key file {key_file} "
         f"({count + 1} key(s), newest first)"
+    )
+
+
+def _lost_key_message(key_file: Path, db_path: Path | None, rows: int) -> str:
+    return (
+        f"no token store key: {ENV_VAR} is not set and {key_file} does not exist, but the "
+        f"token store {db_path} holds {rows} token(s) encrypted with a key. A new key could "
+        "not read them, so none was generated. Restore the key file from a backup (or set "
+        f"{ENV_VAR} to the key), or, to start afresh, move {db_path} aside (its tokens are lost)"
     )
 
 
@@ -151,23 +167,22 @@ def _refuse_beside_db(key_file: Path, db_path: Path | None) -> None:
 
 
 def _read_key_file(key_file: Path) -> str:
+    """The key file's text; raises FileNotFoundError if it is missing, and refuses it (and its
+    directory) when another user could have read, planted or swapped it."""
     try:
-        with open(key_file, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            data = f.read()
+        check_dir(key_file.parent, "key file")
+    except FileNotFoundError:
+        raise FileNotFoundError(key_file) from None
+    except OSError as e:
+        raise KeySourceError(f"cannot read key file {key_file}: {e.strerror}") from None
+    try:
+        fd = open_no_follow(key_file, "key file")
     except FileNotFoundError:
         raise
     except OSError as e:
         raise KeySourceError(f"cannot read key file {key_file}: {e.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise KeySourceError(f"key file {key_file} is not a regular file")
-    if mode & 0o077:
-        log.warning(
-            "key file %s is accessible by other users (mode %03o); run: chmod 600 %s",
-            key_file,
-            mode & 0o777,
-            key_file,
-        )
+    with os.fdopen(fd, "rb") as f:
+        data = f.read()
     try:
         return data.decode("ascii")
     except UnicodeDecodeError:
@@ -179,6 +194,7 @@ def _read_key_file(key_file: Path) -> str:
 def _ensure_key_dir(key_file: Path) -> None:
     try:
         ensure_private_dir(key_file.parent)
+        check_dir(key_file.parent, "key file")
     except OSError as e:
         raise KeySourceError(
             f"cannot create the directory of key file {key_file}: {e.strerror} ({e.filename})"

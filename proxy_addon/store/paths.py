@@ -34,21 +34,21 @@ def default_key_file(env: Mapping[str, str] = os.environ) -> Path:
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create `path` (and missing parents) so that the last component is mode 0700.
+    """Create `path` and its missing parents with mode 0700.
 
-    Only a directory we create is chmod-ed: an existing one is the user's to manage. The
-    explicit chmod is needed because mkdir's mode is filtered through the umask.
+    Only directories we create are chmod-ed: an existing one is the user's to manage. The
+    explicit chmod is needed because mkdir's mode is filtered through the umask (a umask of 0
+    would otherwise leave world-writable parents, which the store then refuses).
     """
-    if path.is_dir():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        if path.is_dir():
-            return  # another process made it between our check and mkdir
-        raise
-    os.chmod(path, 0o700)
+    missing = [p for p in (path, *path.parents) if not p.is_dir()]
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            if directory.is_dir():
+                continue  # another process made it between our check and mkdir
+            raise
+        os.chmod(directory, 0o700)
 
 
 def fsync_dir(path: Path) -> None:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sqlite3
-import stat
 import threading
 import time
 import uuid
@@ -30,14 +29,17 @@ from .base import Record, RecordMeta, StoreError, VersionConflict
 from .keys import Keyring
 from .lease import RENEWALS_PER_TTL, Holder, LeaseClocks, LeaseRow, lease_verdict
 from .paths import ensure_private_dir
+from .safety import UnsafePathError, check_dir, check_sidecar
 
 __all__ = [
     "CorruptRowError",
     "CorruptStoreError",
+    "DamagedRowError",
     "MissingStoreError",
     "SqliteStore",
     "StoreBusyError",
     "UndecryptableError",
+    "stored_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,11 @@ class UndecryptableError(StoreError):
 
 class CorruptRowError(StoreError):
     """A row decrypts but does not hold this credential's token (damaged or swapped)."""
+
+
+class DamagedRowError(UndecryptableError):
+    """No key decrypts this row, yet the key reads the store's other rows: the row is damaged
+    (or was written with a key since dropped from the keyring), not the whole store."""
 
 
 class StoreBusyError(StoreError):
@@ -252,7 +259,7 @@ class SqliteStore:
                 try:
                     ciphertext = keyring.fernet.rotate(bytes(row[0]))
                 except InvalidToken:
-                    raise UndecryptableError(self._undecryptable_message(name)) from None
+                    raise self._unreadable(name) from None
                 conn.execute(
                     "UPDATE tokens SET ciphertext = ? WHERE credential = ?", (ciphertext, name)
                 )
@@ -283,49 +290,62 @@ class SqliteStore:
     # -- opening ----------------------------------------------------------------------------
 
     def _open(self, create: bool) -> None:
-        if not self.path.exists():
+        created = False
+        if not os.path.lexists(self.path):
             if not create:
                 raise MissingStoreError(
                     f"there is no token store at {self.path} yet: the proxy creates it when "
                     "it starts (check the store path in the config)"
                 )
-            self._create_file()
-        elif not self.path.is_file():
-            raise CorruptStoreError(f"the token store {self.path} is not a regular file")
-
+            created = self._create_file()
+        checked = _check_files(self.path)
         conn = self._connect()
         try:
+            _same_file(self.path, checked)
             # Only reads until the file has been recognised as ours: a damaged file must be
             # left byte-for-byte as it was, for the user to inspect or restore.
             if not self._inspect(conn):
                 if not create:
                     raise MissingStoreError(
-                        f"{self.path} holds no token store yet: the proxy initialises it when "
-                        "it first starts"
+                        f"{self.path} holds no token store yet: the proxy initialises it "
+                        "when it first starts"
+                    )
+                if checked.st_size == 0 and not created:
+                    log.warning(
+                        "the token store %s was an empty file (0 bytes); initialised it as "
+                        "a new store. If it held tokens before (a full disk, an interrupted "
+                        "copy), restore it from a backup; otherwise nothing was lost",
+                        self.path,
                     )
                 self._use_wal(conn)
                 self._initialise(conn)
             else:
                 self._use_wal(conn)
-            self._tighten_modes()
         except BaseException:
             conn.close()
             raise
         self._adopt(conn)
 
-    def _create_file(self) -> None:
+    def _create_file(self) -> bool:
+        """Create the empty database file; False if another process created it meanwhile."""
         try:
             ensure_private_dir(self.path.parent)
+            check_dir(self.path.parent, "token store")
             # Created here rather than by SQLite, so it is 0600 from the first byte on;
-            # SQLite then gives the -wal and -shm files the same mode.
-            with contextlib.suppress(FileExistsError):
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-                os.fchmod(fd, 0o600)  # the umask may have taken away our own write bit
-                os.close(fd)
+            # SQLite then gives the -wal and -shm files the same mode. O_EXCL never follows a
+            # symbolic link, so a link planted meanwhile is refused when it is opened.
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return False
         except OSError as e:
             raise StoreError(
                 f"cannot create the token store {self.path}: {e.strerror} ({e.filename})"
             ) from e
+        try:
+            os.fchmod(fd, 0o600)  # the umask may have taken away our own write bit
+        finally:
+            os.close(fd)
+        return True
 
     def _inspect(self, conn: sqlite3.Connection) -> bool:
         """True if `conn` is an authproxy store, False if empty; raises if anything else."""
@@ -375,19 +395,6 @@ class SqliteStore:
                 f"cannot switch the token store {self.path} to WAL mode (got {mode!r}); it "
                 "needs a local filesystem that supports shared memory (not NFS)"
             )
-
-    def _tighten_modes(self) -> None:
-        for suffix in ("", "-wal", "-shm"):
-            p = Path(f"{self.path}{suffix}")
-            try:
-                mode = stat.S_IMODE(p.stat().st_mode)
-                if mode & 0o077:
-                    os.chmod(p, 0o600)
-                    log.warning("%s was accessible by other users (mode %03o); now 600", p, mode)
-            except FileNotFoundError:
-                continue
-            except PermissionError:
-                log.warning("%s is accessible by other users and not ours to chmod", p)
 
     # -- connections ------------------------------------------------------------------------
 
@@ -632,7 +639,7 @@ class SqliteStore:
         try:
             plaintext = self._keyring.fernet.decrypt(bytes(ciphertext))
         except InvalidToken:
-            raise UndecryptableError(self._undecryptable_message(credential)) from None
+            raise self._unreadable(credential) from None
         try:
             envelope = json.loads(plaintext)
             if not isinstance(envelope, dict) or envelope.get("credential") != credential:
@@ -640,18 +647,46 @@ class SqliteStore:
             return Token.from_json(envelope["token"])
         except (ValueError, KeyError, TypeError):
             # `from None`: the parse error could quote parts of the plaintext.
+            name = _name(credential)
             raise CorruptRowError(
-                f"the stored token of {credential!r} in {self.path} is not {credential!r}'s "
-                "token (the row was damaged or copied from another credential). Run "
-                f"`authproxy logout {credential}` and log in again"
+                f"the stored token of {_describe(credential)} in {self.path} is not this "
+                "credential's token (the row was damaged or copied from another credential). "
+                f"Run `authproxy logout {name}` and log in again"
             ) from None
+
+    def _unreadable(self, credential: str) -> StoreError:
+        """Why no key decrypts `credential`'s row: a damaged row, if the key reads another one;
+        otherwise (presumably) a store written with another key."""
+        if self._key_reads_another_row(credential):
+            return DamagedRowError(
+                f"the stored token of {_describe(credential)} in {self.path} is damaged: it "
+                f"cannot be decrypted, although the key from {self._keyring.source} reads the "
+                "store's other rows (or it was written with a key no longer in the keyring). "
+                f"Run `authproxy logout {_name(credential)}` to discard it, then log in again "
+                "if the credential needs a sign-in"
+            )
+        return UndecryptableError(self._undecryptable_message(credential))
+
+    def _key_reads_another_row(self, credential: str) -> bool:
+        conn = self._conn()
+        with self._errors("checking the key against the other rows"):
+            rows = conn.execute(
+                "SELECT ciphertext FROM tokens WHERE credential != ?", (credential,)
+            ).fetchall()
+        for (ciphertext,) in rows:
+            try:
+                self._keyring.fernet.decrypt(bytes(ciphertext))
+            except InvalidToken:
+                continue
+            return True
+        return False
 
     def _undecryptable_message(self, credential: str) -> str:
         return (
-            f"cannot decrypt the stored token of {credential!r} in {self.path} with any key "
-            f"from {self._keyring.source}: the store was written with a different key. Set "
-            f"AUTHPROXY_KEY to the key this store was written with, or run "
-            f"`authproxy logout {credential}` to discard the stored token"
+            f"cannot decrypt the stored token of {_describe(credential)} in {self.path} with "
+            f"any key from {self._keyring.source}: the store was written with a different key. "
+            "Set AUTHPROXY_KEY to the key this store was written with, or run "
+            f"`authproxy logout {_name(credential)}` to discard the stored token"
         )
 
 
@@ -694,3 +729,66 @@ class _Renewer:
                         self._credential,
                     )
                 return
+
+
+def _name(credential: str) -> str:
+    """The credential name of a store key (`name#identity`, see CredentialConfig.store_key)."""
+    return credential.partition("#")[0]
+
+
+def _describe(credential: str) -> str:
+    name = _name(credential)
+    return repr(name) if name == credential else f"{name!r} (row {credential!r})"
+
+
+def _check_files(path: Path) -> os.stat_result:
+    """Check the database file, its directory and the files SQLite opens beside it.
+
+    By lstat, not by opening: closing any descriptor of the database file would drop the POSIX
+    locks of every SQLite connection to it in this process, and another process could then
+    checkpoint and reset the WAL under them. A symbolic link is refused here, and since only
+    this user can write the directory (checked first), nobody else can put one there before
+    SQLite opens the path; `_same_file` then confirms the path still names the checked file.
+    """
+    try:
+        check_dir(path.parent, "token store")
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise MissingStoreError(f"the token store {path} disappeared while opening it") from None
+    except OSError as e:
+        raise StoreError(f"cannot open the token store {path}: {e.strerror}") from e
+    check_sidecar(path, "token store")
+    for suffix in ("-wal", "-shm", "-journal"):
+        check_sidecar(Path(f"{path}{suffix}"), "token store file")
+    return st
+
+
+def _same_file(path: Path, checked: os.stat_result) -> None:
+    """SQLite opens by name: make sure it opened the file we checked, not a swapped one."""
+    try:
+        now = os.lstat(path)
+    except OSError as e:
+        raise StoreError(f"cannot open the token store {path}: {e.strerror}") from e
+    if (now.st_dev, now.st_ino) != (checked.st_dev, checked.st_ino):
+        raise UnsafePathError(
+            f"the token store {path} was replaced while it was being opened; check who else "
+            "writes to its directory, then start again"
+        )
+
+
+def stored_rows(path: Path) -> int:
+    """How many tokens the store at `path` holds, read without a key (and without changing
+    anything); 0 when there is no store or it cannot be read (opening it then says why)."""
+    if not os.path.lexists(path):
+        return 0
+    _check_files(path)
+    uri = f"{Path(path).absolute().as_uri()}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            (count,) = conn.execute("SELECT count(*) FROM tokens").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+    return int(count)

@@ -1,0 +1,246 @@
+"""One HTTP exchange with an identity provider, bounded in time and size. Blocking I/O.
+
+requests' timeouts are per socket operation: an IdP that drips one byte a second never trips
+them, and a huge answer is read whole. Here every exchange has a TOTAL deadline (a watchdog
+shuts the socket down when it passes, whatever phase the exchange is in) and the answer is
+streamed and abandoned past `max_bytes`. Failures are `GrantError`s that say whether the
+request may have reached the IdP (`outcome_unknown`): a connect error or connect timeout
+means it did not; a timeout or a dropped connection after sending means it may have.
+
+Never through a proxy (our own `HTTPS_PROXY` may point back at us), never following a
+redirect (it would re-post the secrets elsewhere), always verifying the certificate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from .errors import GrantError
+from .sanitize import clean
+
+__all__ = ["MAX_ANSWER_BYTES", "Answer", "exchange"]
+
+MAX_ANSWER_BYTES = 1 << 20  # 1 MiB: a token answer is a few kB; metadata documents tens of kB
+_CHUNK = 1024  # small reads: a compressed answer cannot inflate far past the cap in one step
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str] = field(repr=False)  # case-insensitive (requests' dict)
+    body: bytes = field(repr=False)
+    elapsed: float = 0.0
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+
+class _Watch:
+    """The sockets of one exchange, whether the request went out, and the deadline.
+
+    It keeps a duplicate of each socket: TLS wrapping detaches the original object, but a
+    shutdown through any descriptor of a socket ends the connection for all of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.sent = False
+        self.fired = False
+
+    def add(self, sock: socket.socket) -> None:
+        dup = sock.dup()
+        with self._lock:
+            self._sockets.append(dup)
+            if self.fired:
+                _shutdown(dup)
+
+    def fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+    def close(self) -> None:
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # shutdown, not close: it wakes a thread blocked in recv() on this socket.
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _watched_session(watch: _Watch) -> requests.Session:
+    """A session whose connections report their sockets and their sending to `watch`."""
+
+    class _Mixin:
+        def _new_conn(self) -> socket.socket:
+            sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+            watch.add(sock)
+            return sock
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            watch.sent = True  # from here on, the IdP may act on the request
+            super().request(*args, **kwargs)  # type: ignore[misc]
+
+    class _Conn(_Mixin, HTTPConnection):  # type: ignore[misc]
+        pass
+
+    class _TlsConn(_Mixin, HTTPSConnection):  # type: ignore[misc]
+        pass
+
+    class _Pool(HTTPConnectionPool):
+        ConnectionCls = _Conn
+
+    class _TlsPool(HTTPSConnectionPool):
+        ConnectionCls = _TlsConn
+
+    adapter = HTTPAdapter(max_retries=0)
+    adapter.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TlsPool}
+    session = requests.Session()
+    session.trust_env = False  # never via HTTP(S)_PROXY: that may be us
+    session.max_redirects = 0
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def exchange(
+    method: str,
+    url: str,
+    *,
+    what: str,
+    timeout: float,
+    verify: str | bool,
+    data: Mapping[str, str] | None = None,
+    auth: tuple[str, str] | None = None,
+    max_bytes: int = MAX_ANSWER_BYTES,
+) -> Answer:
+    """Send one request and read the whole answer within `timeout` seconds in total."""
+    watch = _Watch()
+    timer = threading.Timer(timeout, watch.fire)
+    timer.daemon = True
+    started = time.monotonic()
+    session = _watched_session(watch)
+    timer.start()
+    try:
+        try:
+            response = session.request(
+                method,
+                url,
+                data=data,
+                auth=auth,
+                headers={"Accept": "application/json"},
+                timeout=(timeout, timeout),
+                verify=verify,
+                allow_redirects=False,
+                stream=True,
+            )
+            with response:
+                body = _read_capped(response, what, max_bytes)
+                status, headers = response.status_code, response.headers
+        except GrantError:
+            raise
+        except requests.RequestException as e:
+            raise _failure(e, watch, what, timeout) from None
+        except OSError as e:  # a socket error urllib3 let through
+            raise _failure(requests.ConnectionError(e), watch, what, timeout) from None
+        if watch.fired:  # an answer cut at the deadline can look complete (no Content-Length)
+            raise _timed_out(watch, what, timeout)
+    finally:
+        timer.cancel()
+        session.close()
+        watch.close()
+    return Answer(status, headers, body, time.monotonic() - started)
+
+
+def _read_capped(response: requests.Response, what: str, max_bytes: int) -> bytes:
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(what, max_bytes)
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in response.iter_content(_CHUNK):
+        total += len(chunk)
+        if total > max_bytes:
+            raise _too_large(what, max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(what: str, max_bytes: int) -> GrantError:
+    return GrantError(
+        "idp_answer_too_large",
+        f"{what}: the IdP's answer is larger than {max_bytes // 1024} KiB; not read",
+        terminal=False,
+        outcome_unknown=True,
+    )
+
+
+def _timed_out(watch: _Watch, what: str, timeout: float) -> GrantError:
+    return GrantError(
+        "idp_timeout",
+        f"{what}: the IdP did not answer within {timeout:g}s",
+        terminal=False,
+        outcome_unknown=watch.sent,
+    )
+
+
+def _failure(e: requests.RequestException, watch: _Watch, what: str, timeout: float) -> GrantError:
+    if watch.fired or isinstance(e, requests.Timeout):
+        # ConnectTimeout: the request never left; ReadTimeout: it may have been acted on.
+        sent = watch.sent and not isinstance(e, requests.ConnectTimeout)
+        return GrantError(
+            "idp_timeout",
+            f"{what}: the IdP did not answer within {timeout:g}s",
+            terminal=False,
+            outcome_unknown=sent,
+        )
+    if isinstance(e, requests.exceptions.SSLError):
+        return GrantError(
+            "idp_tls_error",
+            f"{what}: TLS to the IdP failed ({_short(e)}); if it uses a private CA, list it "
+            "under ca_certs",
+            terminal=False,
+        )
+    if isinstance(e, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        if watch.sent:
+            return GrantError(
+                "idp_connection_lost",
+                f"{what}: the connection to the IdP broke before its answer was complete",
+                terminal=False,
+                outcome_unknown=True,
+            )
+        return GrantError(
+            "idp_unreachable", f"{what}: cannot reach the IdP ({_short(e)})", terminal=False
+        )
+    return GrantError(
+        "idp_unavailable",
+        f"{what}: {type(e).__name__} talking to the IdP",
+        terminal=False,
+        outcome_unknown=watch.sent,
+    )
+
+
+def _short(e: BaseException) -> str:
+    """An exception's gist without the URL-laden chains requests produces."""
+    inner: BaseException = e
+    while inner.args and isinstance(inner.args[0], BaseException):
+        inner = inner.args[0]
+    text = str(inner.args[0] if inner.args else inner)
+    return clean(text, limit=160)

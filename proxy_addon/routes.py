@@ -126,7 +126,7 @@ class RouteTable:
 
     Matching is indexed so that its cost does not grow with the number of routes: routes are
     grouped by (scheme, port) and host pattern (exact names in one dict, wildcards by the domain
-    below the `*.`), and within a host pattern by path prefix (see `_PathIndex`). A request looks
+    below the `*.`), and within a host pattern by path prefix (see `_Paths`). A request looks
     up its own host and each of its parent domains, then only the few prefixes its path can
     match; the lowest file position among the routes found wins, exactly as a scan in file order.
     """
@@ -257,7 +257,7 @@ def _first(candidates: list[_Paths], path: str, *, strict: bool) -> int | None:
 
 
 def _path_keys(path: str) -> list[str]:
-    """`path` and each of its prefixes that ends in "/": the keys `_PathIndex` files under."""
+    """`path` and each of its prefixes that ends in "/": the keys `_Paths` files under."""
     keys = [path]
     slash = path.find("/")
     while slash != -1:

@@ -23,7 +23,7 @@ def test_bench_quick_reports_every_section(tmp_path: Path) -> None:
     for expected in (
         "ratio authproxy/bare (1 client): throughput ",
         "ratio authproxy/bare (4 clients): throughput ",
-        "RouteTable.match in-process: 10 routes ",
+        "RouteTable.match in-process (CPU time): 10 routes ",
         "ratio 200/10 routes (4 clients): throughput ",
         "workers 1..",
         "memory (RSS of each proxy process, after 150 and after 300 requests served",

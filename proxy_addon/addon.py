@@ -22,11 +22,12 @@ from mitmproxy.addonmanager import Loader
 
 from proxy_addon import compat, replies
 from proxy_addon.audit import AuditLog, strip_query_values
-from proxy_addon.cache import CredentialCache, TokenUnavailable
+from proxy_addon.cache import CredentialCache
 from proxy_addon.compat import Replayer
 from proxy_addon.config import ConfigError, load_config
 from proxy_addon.console import console_info
 from proxy_addon.decision import decide
+from proxy_addon.errors import TokenUnavailable
 from proxy_addon.guards import unsafe_options
 from proxy_addon.instrument import instrument
 from proxy_addon.localguard import LocalGuard

@@ -48,7 +48,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import TokenPolicy
-from .grants import Grant, GrantError
+from .errors import GrantError, TokenUnavailable
+from .grants import Grant
+from .state import CredentialState, CredentialStatus
 from .store import Record, StoreError, StoreUnavailableError, TokenStore, VersionConflict
 from .tokens import Token, fingerprint, is_usable, needs_refresh
 
@@ -69,26 +71,6 @@ BUSY_RETRY_AFTER = 2.0
 
 def _unusable(token: Token, now: float) -> bool:
     return token.expires_at - token.obtained_at < MIN_LIFETIME or token.expires_at <= now
-
-
-class TokenUnavailable(Exception):
-    """No valid token can be had for a credential right now."""
-
-    def __init__(
-        self, credential: str, code: str, message: str, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.credential, self.code, self.retry_after = credential, code, retry_after
-
-
-@dataclass(frozen=True, slots=True)
-class CredentialStatus:
-    name: str
-    state: str  # valid | expiring | empty | failing | needs_login
-    expires_at: float | None
-    last_error: str | None
-    refreshes: int
-    failures: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,18 +523,18 @@ class CredentialCache:
         now, tok = self._clock(), self._token
         if self._terminal is not None and not is_usable(tok, now):
             state = (
-                "needs_login"
+                CredentialState.NEEDS_LOGIN
                 if self._terminal.code in ("needs_login", "invalid_grant")
-                else "failing"
+                else CredentialState.FAILING
             )
         elif self.last_error is not None:
-            state = "failing"
+            state = CredentialState.FAILING
         elif tok is None:
-            state = "empty"
+            state = CredentialState.EMPTY
         elif needs_refresh(tok, now, self.policy.refresh_leeway):
-            state = "expiring"
+            state = CredentialState.EXPIRING
         else:
-            state = "valid"
+            state = CredentialState.VALID
         return CredentialStatus(
             self.name,
             state,

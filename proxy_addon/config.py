@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import ipaddress
 import json
 import math
 import os
@@ -24,6 +23,7 @@ import yaml
 from .grants.base import ConfigRules
 from .grants.client_auth import METHODS as CLIENT_AUTH_METHODS
 from .grants.registry import GRANTS as GRANT_SPECS
+from .netutil import MIN_PROXY_PASSWORD, is_loopback
 from .providers import PRESETS
 from .routes import Route, RouteTable, normalize_host
 from .tokens import fingerprint
@@ -444,19 +444,6 @@ def _path_resolver(base_dir: Path | None) -> Callable[[str], Path]:
         return p if p.is_absolute() or base_dir is None else base_dir / p
 
     return resolve
-
-
-# Shortest proxy password accepted on a listener other machines can reach.
-MIN_PROXY_PASSWORD = 12
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _parse_listen(top: _Reader) -> tuple[str, int]:

@@ -1,8 +1,13 @@
-"""Errors shared by the modules that talk to identity providers."""
+"""The errors shared across the project: why the IdP gave no token (`GrantError`) and why a
+request gets none (`TokenUnavailable`).
+
+A bottom module: it imports nothing of the project, so the replies, the cache, the grants and the
+CLI can all share these types without importing each other.
+"""
 
 from __future__ import annotations
 
-__all__ = ["GrantError"]
+__all__ = ["GrantError", "TokenUnavailable"]
 
 
 class GrantError(Exception):
@@ -27,3 +32,14 @@ class GrantError(Exception):
         super().__init__(message)
         self.code, self.terminal = code, terminal
         self.retry_after, self.outcome_unknown = retry_after, outcome_unknown
+
+
+class TokenUnavailable(Exception):
+    """No valid token can be had for a credential right now. `code` is machine-readable
+    (`needs_login`, `invalid_grant`, `refresh_in_progress`, ...); `retry_after` is in seconds."""
+
+    def __init__(
+        self, credential: str, code: str, message: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.credential, self.code, self.retry_after = credential, code, retry_after

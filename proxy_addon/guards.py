@@ -10,7 +10,7 @@ from mitmproxy import http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from .config import MIN_PROXY_PASSWORD, is_loopback
+from .netutil import MIN_PROXY_PASSWORD, is_loopback
 from .replies import refusal
 from .routes import Route, normalize_host
 

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from .events import EventLog
-from .status import CredentialView, state_id
+from .status import CredentialView
 
 __all__ = ["COUNTERS", "IDP_BUCKETS", "REQUEST_BUCKETS", "Histogram", "Metrics", "build_info"]
 
@@ -140,7 +140,7 @@ class Metrics:
         ]
         lines += [
             f'authproxy_credential_usable{{credential="{_esc(v.name)}",'
-            f'state="{state_id(v.state)}"}} {int(v.state in ("valid", "expiring"))}'
+            f'state="{v.state.id}"}} {int(v.state.healthy)}'
             for v in views
         ]
         lines += [

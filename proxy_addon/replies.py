@@ -13,7 +13,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from .cache import TokenUnavailable
+from .errors import TokenUnavailable
 from .routes import Route
 from .sanitize import clean, safe_code
 

@@ -5,28 +5,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .cache import CredentialStatus
 from .config import CredentialConfig
 from .grants.registry import spec_for
+from .state import CredentialState, CredentialStatus
 from .store import Record
 from .tokens import needs_refresh
 
-__all__ = ["STATES", "CredentialView", "describe", "state_id"]
+__all__ = ["STATES", "CredentialView", "describe"]
 
-# What an operator sees; `state_id` gives the form without spaces for metrics labels and CSS.
-STATES = ("valid", "expiring", "expired", "needs login", "not fetched", "failing")
-
-
-def state_id(state: str) -> str:
-    """`needs login` -> `needs_login`: a Prometheus label value or a CSS class."""
-    return "_".join(state.split())
+S = CredentialState
+# The states an operator sees for a credential of the config.
+STATES = (S.VALID, S.EXPIRING, S.EXPIRED, S.NEEDS_LOGIN, S.NOT_FETCHED, S.FAILING)
 
 
 @dataclass(frozen=True, slots=True)
 class CredentialView:
     name: str
     grant: str
-    state: str  # valid | expiring | expired | needs login | not fetched | failing
+    state: CredentialState  # one of STATES (or DAMAGED, from `authproxy tokens`)
     expires_in: float | None  # seconds; None: unknown; inf: never
     scopes: tuple[str, ...]
     last_refresh: float | None  # epoch seconds of the last stored change
@@ -40,7 +36,7 @@ class CredentialView:
             else round(self.expires_in)
         )
         return {
-            "name": self.name, "grant": self.grant, "state": self.state,
+            "name": self.name, "grant": self.grant, "state": str(self.state),
             "expires_in": expires, "never_expires": self.expires_in == math.inf,
             "scopes": list(self.scopes), "last_refresh": self.last_refresh,
             "refresh_token": self.refresh_token, "last_error": self.last_error,
@@ -56,24 +52,24 @@ def describe(
     """The stored row, with the running proxy's view (failures, last error) when there is one."""
     spec = spec_for(cfg.grant)
     if not spec.persist:  # the token is in the config: always there, never refreshed
-        return CredentialView(cfg.name, cfg.grant, "valid", math.inf, (), None, False)
+        return CredentialView(cfg.name, cfg.grant, S.VALID, math.inf, (), None, False)
     if record is None:
-        state = "needs login" if spec.starts_signed_out(cfg) else "not fetched"
+        state = S.NEEDS_LOGIN if spec.starts_signed_out(cfg) else S.NOT_FETCHED
         view = CredentialView(cfg.name, cfg.grant, state, None, cfg.scopes, None, False)
     else:
         tok = record.token
         if tok.expires_at <= now:
-            state = "expired"
+            state = S.EXPIRED
         elif needs_refresh(tok, now, cfg.policy.refresh_leeway):
-            state = "expiring"
+            state = S.EXPIRING
         else:
-            state = "valid"
+            state = S.VALID
         view = CredentialView(
             cfg.name, cfg.grant, state, tok.expires_at - now, tok.scope or cfg.scopes,
             record.updated_at, bool(tok.refresh_token),
         )  # fmt: skip
-    if live is not None and live.state in ("failing", "needs_login"):
-        state = "needs login" if live.state == "needs_login" else "failing"
+    if live is not None and live.state in (S.FAILING, S.NEEDS_LOGIN):
+        state = live.state
         return CredentialView(
             view.name, view.grant, state, view.expires_in, view.scopes, view.last_refresh,
             view.refresh_token, live.last_error,

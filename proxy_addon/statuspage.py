@@ -21,7 +21,7 @@ from markupsafe import Markup
 from mitmproxy import http
 
 from .console import ConsoleInfo, human_span
-from .status import CredentialView, state_id
+from .status import CredentialView
 
 __all__ = ["STATUS_HOST", "render_console", "status_response"]
 
@@ -124,7 +124,7 @@ def page_model(
             refreshed_title = None
         cards.append({
             "name": v.name, "grant": v.grant.replace("_", " "), "state": v.state,
-            "state_id": state_id(v.state), "expires": expires, "expires_title": expires_title,
+            "state_id": v.state.id, "expires": expires, "expires_title": expires_title,
             "refreshed": refreshed, "refreshed_title": refreshed_title,
             "refresh_token": v.refresh_token, "scopes": list(v.scopes),
             "last_error": v.last_error or None,
@@ -150,7 +150,7 @@ def page_model(
         }
         for e in (info.events if info else ())
     ]
-    healthy = sum(v.state in ("valid", "expiring") for v in views)
+    healthy = sum(v.state.healthy for v in views)
     problems = len(views) - healthy
     title = "authproxy" + (f" ({problems} need attention)" if problems else "")
     return {

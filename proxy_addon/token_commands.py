@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .cache import CredentialCache
 from .config import Config, ConfigError, CredentialConfig
+from .state import CredentialState
 from .status import CredentialView
 from .store import StoreError, TokenStore
 
@@ -124,7 +125,7 @@ def _cmd_logout(args: argparse.Namespace) -> int:
 def _cmd_refresh(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .cache import TokenUnavailable
+    from .errors import TokenUnavailable
 
     with _opened(args) as cache:
         try:
@@ -200,7 +201,8 @@ def _stored_view(cfg: CredentialConfig, store: TokenStore | None, now: float) ->
     try:
         return describe(cfg, store.get(cfg.store_key), now)
     except (DamagedRowError, CorruptRowError) as e:
-        return dataclasses.replace(describe(cfg, None, now), state="damaged", last_error=str(e))
+        view = describe(cfg, None, now)
+        return dataclasses.replace(view, state=CredentialState.DAMAGED, last_error=str(e))
 
 
 def _duration(seconds: float) -> str:
@@ -238,8 +240,7 @@ def _live_status(config: Config) -> dict[str, dict[str, object]]:
 
 def _with_live_state(view: CredentialView, live: dict[str, dict[str, object]]) -> CredentialView:
     entry = live.get(view.name)
-    if not entry or entry.get("state") not in ("failing", "needs login"):
+    state = CredentialState.parse(str(entry.get("state"))) if entry else None
+    if not entry or state not in (CredentialState.FAILING, CredentialState.NEEDS_LOGIN):
         return view
-    return dataclasses.replace(
-        view, state=str(entry["state"]), last_error=str(entry.get("last_error") or "")
-    )
+    return dataclasses.replace(view, state=state, last_error=str(entry.get("last_error") or ""))

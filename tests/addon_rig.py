@@ -15,8 +15,8 @@ from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
 from proxy_addon.addon import AuthProxy
-from proxy_addon.cache import TokenUnavailable
 from proxy_addon.config import parse_config
+from proxy_addon.errors import TokenUnavailable
 from proxy_addon.runtime import Runtime
 from proxy_addon.store import MemoryStore
 from proxy_addon.tokens import Token

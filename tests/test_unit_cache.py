@@ -353,7 +353,7 @@ def test_terminal_error_stops_attempts(clock: Clock, grant: FakeGrant, store: Me
     run(scenario)
     st = cache.status()
     assert (st.state, st.last_error, st.expires_at) == (
-        "needs_login",
+        "needs login",
         "refresh token revoked",
         None,
     )
@@ -368,7 +368,7 @@ def test_terminal_state_ends_when_a_login_writes_the_store(
     async def scenario() -> None:
         with pytest.raises(TokenUnavailable, match=r"authproxy login"):
             await cache.token()
-        assert cache.status().state == "needs_login"
+        assert cache.status().state == "needs login"
         login = stored_token("at-login", clock, remaining=LIFETIME)
         store.put(NAME, login, expected_version=None)
         # not looked at again before TERMINAL_RECHECK has passed
@@ -678,8 +678,8 @@ def test_status_states(clock: Clock, grant: FakeGrant, store: MemoryStore) -> No
 @pytest.mark.parametrize(
     ("error", "state"),
     [
-        (terminal("invalid_grant"), "needs_login"),
-        (terminal("needs_login"), "needs_login"),
+        (terminal("invalid_grant"), "needs login"),
+        (terminal("needs_login"), "needs login"),
         (terminal("invalid_client"), "failing"),
         (transient(), "failing"),
     ],

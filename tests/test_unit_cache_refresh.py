@@ -505,7 +505,7 @@ def test_refresh_token_reuse_says_sign_in_and_why(
     with caplog.at_level(logging.ERROR, logger="proxy_addon.cache"):
         run(scenario)
     assert cache.last_error == why
-    assert cache.status().state == "needs_login"
+    assert cache.status().state == "needs login"
     assert why in caplog.text
 
 

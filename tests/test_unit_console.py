@@ -22,7 +22,9 @@ from proxy_addon.events import Event, EventLog
 from proxy_addon.instrument import TimedGrant, instrument
 from proxy_addon.metrics import Metrics
 from proxy_addon.runtime import Runtime
-from proxy_addon.status import STATES, CredentialView, state_id
+from proxy_addon.state import CredentialState
+from proxy_addon.state import CredentialState as S
+from proxy_addon.status import STATES, CredentialView
 from proxy_addon.statuspage import render_console, status_response
 from proxy_addon.tokens import Token
 
@@ -32,14 +34,14 @@ HOSTILE = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
 
 def _views() -> list[CredentialView]:
     return [
-        CredentialView("billing", "client_credentials", "valid", 1800.0, ("read", "write"),
+        CredentialView("billing", "client_credentials", S.VALID, 1800.0, ("read", "write"),
                        NOW - 120, False),
-        CredentialView("reports", "refresh_token", "failing", -30.0, (), NOW - 4000, True,
+        CredentialView("reports", "refresh_token", S.FAILING, -30.0, (), NOW - 4000, True,
                        f"idp_unavailable: IdP said {HOSTILE}"),
-        CredentialView("github", "authorization_code", "needs login", None, ("repo",), None,
+        CredentialView("github", "authorization_code", S.NEEDS_LOGIN, None, ("repo",), None,
                        False),
-        CredentialView("legacy", "static", "valid", math.inf, (), None, False),
-        CredentialView("fresh", "client_credentials", "not fetched", None, (), None, False),
+        CredentialView("legacy", "static", S.VALID, math.inf, (), None, False),
+        CredentialView("fresh", "client_credentials", S.NOT_FETCHED, None, (), None, False),
     ]  # fmt: skip
 
 
@@ -87,7 +89,7 @@ def test_page_shows_each_credential_readably_and_never_none() -> None:
 
 
 def test_hostile_error_text_is_escaped() -> None:
-    views = [*_views(), CredentialView(HOSTILE, "client_credentials", "failing", None, (HOSTILE,),
+    views = [*_views(), CredentialView(HOSTILE, "client_credentials", S.FAILING, None, (HOSTILE,),
                                        None, False, HOSTILE)]  # fmt: skip
     events = (Event(NOW, "idp_error", HOSTILE, HOSTILE),)
     page = render_console(views, _counters(), _info(events))
@@ -222,9 +224,12 @@ def test_metrics_parse_and_carry_what_an_operator_alerts_on() -> None:
 
 
 def test_state_ids_have_no_spaces() -> None:
-    assert [state_id(s) for s in STATES] == [
+    assert [s.id for s in STATES] == [
         "valid", "expiring", "expired", "needs_login", "not_fetched", "failing"
     ]
+    assert [str(s) for s in STATES][3:5] == ["needs login", "not fetched"]  # what people read
+    assert CredentialState.parse("needs_login") is CredentialState.parse("needs login")
+    assert CredentialState.parse("bogus") is None
 
 
 def test_counters_that_move_leave_events() -> None:

@@ -11,9 +11,8 @@ import pytest
 from requests.structures import CaseInsensitiveDict
 
 from proxy_addon import replies
-from proxy_addon.cache import TokenUnavailable
 from proxy_addon.discovery import off_issuer
-from proxy_addon.errors import GrantError
+from proxy_addon.errors import GrantError, TokenUnavailable
 from proxy_addon.idp_http import Answer
 from proxy_addon.login import LoginError, _code_from_redirect
 from proxy_addon.sanitize import clean, safe_code, strip_controls

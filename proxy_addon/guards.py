@@ -12,7 +12,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 
 from .netutil import MIN_PROXY_PASSWORD, is_loopback
 from .replies import refusal
-from .routes import Route, normalize_host
+from .routes import Route, canonical_host
 
 __all__ = ["misdirection", "request_refusal", "unsafe_options"]
 
@@ -65,7 +65,7 @@ def misdirection(flow: http.HTTPFlow) -> str | None:
     A shared front end (a CDN, a virtual host, a server reading RFC 9112's absolute form)
     routes by these names, not by the address we connected to, so all of them must agree."""
     req = flow.request
-    target, port = _host(req.host), req.port
+    target, port = canonical_host(req.host), req.port
     hosts = req.headers.get_all("host")
     if len(hosts) > 1:
         return f"the request carries {len(hosts)} Host headers"
@@ -78,13 +78,13 @@ def misdirection(flow: http.HTTPFlow) -> str | None:
             host, named_port = url.parse_authority(value, check=True)
         except ValueError:
             return f"the {what} ({_shown(value)}) is not a valid host"
-        if _host(host) != target:
+        if canonical_host(host) != target:
             return f"the {what} names {_shown(host)}, not {target}, where this request goes"
         if (named_port or url.default_port(req.scheme)) != port:
             return (f"the {what} names port {named_port or url.default_port(req.scheme)}, not "
                     f"{port}, where this request goes")  # fmt: skip
     sni = flow.client_conn.sni
-    if req.scheme == "https" and sni and _host(sni) != target:
+    if req.scheme == "https" and sni and canonical_host(sni) != target:
         return f"the TLS server name names {_shown(sni)}, not {target}, where this request goes"
     return None
 
@@ -101,10 +101,10 @@ def _foreign_site(req: http.Request) -> str | None:
     source = origin if origin is not None else req.headers.get("referer")
     if source is None:
         return None
-    own = (req.scheme, _host(req.host), req.port)
+    own = (req.scheme, canonical_host(req.host), req.port)
     try:
         parts = urlsplit(source.strip())
-        theirs = (parts.scheme.lower(), _host(parts.hostname or ""),
+        theirs = (parts.scheme.lower(), canonical_host(parts.hostname or ""),
                   parts.port or url.default_port(parts.scheme.lower()))  # fmt: skip
     except ValueError:
         theirs = None
@@ -117,18 +117,6 @@ def _shown(value: str) -> str:
     """A name from the request, safe to quote in an answer or a log line."""
     clean = "".join(c if c.isprintable() else "?" for c in value)
     return clean[:100] or "empty"
-
-
-def _host(value: str) -> str:
-    host = value.strip()
-    if host.startswith("["):
-        host = host[1 : host.find("]")] if "]" in host else host
-    elif host.count(":") == 1:
-        host = host.rsplit(":", 1)[0]
-    try:
-        return normalize_host(host)
-    except ValueError:
-        return ""
 
 
 def unsafe_options(opts: Any) -> str | None:

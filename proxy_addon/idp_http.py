@@ -42,10 +42,6 @@ class Answer:
     body: bytes = field(repr=False)
     elapsed: float = 0.0
 
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-
 
 class _Watch:
     """The sockets of one exchange, whether the request went out, and the deadline.

@@ -37,6 +37,7 @@ from .errors import GrantError
 from .grants import Grant, sign_in_for
 from .grants.oauth import OAuthGrant
 from .idp_http import Answer
+from .netutil import free_port
 from .sanitize import clean, safe_code
 from .store import StoreError, TokenStore
 from .token_answer import parse_token_answer
@@ -328,7 +329,7 @@ def code_flow(
     state = secrets.token_urlsafe(32)
     verifier, challenge = _pkce()
     listener = None if no_browser else _Listener(cfg.redirect_port, state)
-    port = listener.port if listener else (cfg.redirect_port or _free_port())
+    port = listener.port if listener else (cfg.redirect_port or free_port())
     redirect_uri = f"http://127.0.0.1:{port}{CALLBACK_PATH}"
     try:
         url = _authorization_request(grant, authorization_url, redirect_uri, state, challenge)
@@ -438,14 +439,6 @@ def _check_iss(iss: str | None, issuer: str | None, required: bool) -> None:
 def _open_browser(url: str) -> None:
     with contextlib.suppress(webbrowser.Error):  # no browser here: the URL is printed
         webbrowser.get().open(url)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- device grant ----------------------------------------------------------------------------

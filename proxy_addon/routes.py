@@ -16,6 +16,7 @@ from typing import Literal
 __all__ = [
     "Route",
     "RouteTable",
+    "canonical_host",
     "host_matches",
     "normalize_host",
     "normalize_path",
@@ -113,9 +114,6 @@ class Route:
     path: str = "/"
     existing_authorization: Literal["replace", "keep", "reject"] = "replace"
     allow_cross_site: bool = False  # may browsers on other sites' pages use this credential?
-
-    def matches_host(self, host: str, port: int) -> bool:
-        return self.port == port and host_matches(self.host, host)
 
     def describe(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}{self.path}"
@@ -264,6 +262,17 @@ def _path_keys(path: str) -> list[str]:
         keys.append(path[: slash + 1])
         slash = path.find("/", slash + 1)
     return keys
+
+
+def canonical_host(value: str) -> str:
+    """A host as a route names it, from a host, `host:port` or `[v6]:port`; "" if it is not a
+    host name (then it matches no route and agrees with no other name)."""
+    host = value.strip()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    return _host(host)
 
 
 @functools.lru_cache(maxsize=4096)  # a proxy sees few names; bounded against one that churns

@@ -21,6 +21,7 @@ import certifi
 from .cache import CredentialCache
 from .config import Config, ConfigError, StoreConfig
 from .grants import make_grant, spec_for
+from .pem import pem_bundle
 from .store import MemoryStore, TokenStore
 from .store.registry import open_backend
 from .store.sealer import CorruptRowError, DamagedRowError
@@ -130,9 +131,9 @@ def trust_bundle(ca_certs: tuple[Path, ...], source: str = "config") -> str | No
     if not ca_certs:
         return None
     try:
-        parts = [Path(certifi.where()).read_text()]
+        parts = [("public CAs (certifi)", Path(certifi.where()).read_bytes())]
         for p in ca_certs:
-            parts.append(p.read_text())
+            parts.append((str(p), p.read_bytes()))
     except OSError as e:
         raise ConfigError(source, "ca_certs", f"cannot read {e.filename}: {e.strerror}") from None
     directory = None
@@ -140,7 +141,7 @@ def trust_bundle(ca_certs: tuple[Path, ...], source: str = "config") -> str | No
         directory = tempfile.mkdtemp(prefix="authproxy-ca-")
         atexit.register(shutil.rmtree, directory, True)
         path = Path(directory) / "ca-bundle.pem"
-        path.write_text("\n".join(parts))
+        path.write_bytes(pem_bundle(parts))
     except OSError as e:
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)

@@ -22,13 +22,12 @@ import re
 import secrets
 import shlex
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,7 +35,9 @@ from typing import IO
 from urllib.parse import quote
 
 from .config import Config, load_config
+from .netutil import free_port, host_for_url
 from .ownproxy import NotOurProxy, proxy_status
+from .pem import pem_bundle
 
 __all__ = [
     "ONE_TIME_AUTH_ENV", "SHELLS", "WrapError", "environment", "hidden_variables", "prepare_files",
@@ -63,7 +64,6 @@ BUNDLE_VARIABLES = (
 ONE_TIME_AUTH_ENV = "AUTHPROXY_ONE_TIME_PROXY_AUTH"
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.S)
 
 
 class WrapError(Exception):
@@ -103,7 +103,7 @@ def client_host(listen_host: str) -> str:
 
 def proxy_url(config: Config, host: str, port: int, auth: str | None = None) -> str:
     """The proxy URL, with `auth` ("user:password", else the config's proxy_auth) in it."""
-    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    netloc = f"{host_for_url(host)}:{port}"
     auth = auth or config.proxy_auth
     if auth:
         user, _, password = auth.partition(":")
@@ -129,10 +129,10 @@ def prepare_files(config: Config) -> Files:
     parts = [(f"system CAs ({system})", system.read_bytes())] if system else []
     parts += [(f"private CA {name} (ca_certs)", data) for name, data in private]
     parts.append((f"the proxy's CA ({proxy_ca})", own_ca))
-    _write_if_changed(files.bundle, _pem_bundle(parts))
+    _write_if_changed(files.bundle, pem_bundle(parts))
     _write_if_changed(
         files.extra_ca,
-        _pem_bundle([(f"the proxy's CA ({proxy_ca})", own_ca)] + [(n, d) for n, d in private]),
+        pem_bundle([(f"the proxy's CA ({proxy_ca})", own_ca)] + [(n, d) for n, d in private]),
     )
     if "\n" in str(files.bundle):
         raise WrapError(f"{files.bundle}: wget cannot read a path with a line break")
@@ -235,23 +235,6 @@ def _system_cafile(confdir: Path) -> Path | None:
     except ImportError:
         return None
     return Path(certifi.where())
-
-
-def _pem_bundle(parts: Sequence[tuple[str, bytes]]) -> bytes:
-    """The certificates of each part under a comment naming it, each certificate once."""
-    seen: set[bytes] = set()
-    out = [b"# Written by authproxy: the CAs that clients of the proxy trust.\n"]
-    for label, data in parts:
-        certs = []
-        for match in _PEM_CERT.finditer(data):
-            cert = match.group(0).replace(b"\r\n", b"\n")
-            if cert not in seen:
-                seen.add(cert)
-                certs.append(cert + b"\n")
-        if certs:
-            out.append(f"\n# {label}\n".encode(errors="replace"))
-            out += certs
-    return b"".join(out)
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
@@ -435,7 +418,7 @@ def _our_proxy(host: str, port: int, auth: str) -> bool:
 def _start_proxy(
     path: Path, log: IO[bytes], signals: _Signals, auth: str
 ) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
+    port = free_port()
     argv = [
         sys.executable, "-m", "proxy_addon", "--config", str(path),
         "run", "-q", "--listen", f"127.0.0.1:{port}", "--set", "authproxy_peer_check=strict",
@@ -517,12 +500,6 @@ def _run_command(
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signum)
     return 128 - code if code < 0 else code
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- signals ------------------------------------------------------------------------------------

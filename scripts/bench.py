@@ -61,7 +61,8 @@ from proxy_addon.config import parse_config
 from proxy_addon.demo.api import ApiServer
 from proxy_addon.demo.certs import Pki, make_pki
 from proxy_addon.demo.idp import AuthServer
-from proxy_addon.demo.run import free_port, wait_for_proxy
+from proxy_addon.demo.run import wait_for_proxy
+from proxy_addon.netutil import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTS = ROOT / "tests" / "support" / "hosts"  # makes *.test resolve to 127.0.0.1 in the proxies

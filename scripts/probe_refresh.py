@@ -43,6 +43,7 @@ import yaml
 from proxy_addon.demo.api import ApiServer
 from proxy_addon.demo.certs import Pki, make_pki
 from proxy_addon.demo.idp import FAULTS, AuthServer
+from proxy_addon.netutil import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_ID = "probe-client"
@@ -56,12 +57,6 @@ class ProbeError(Exception):
 
 
 # --- processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ProxyProcess:

@@ -13,7 +13,8 @@ from typing import Any
 import requests
 import yaml
 
-from proxy_addon.demo.run import free_port, wait_for_proxy
+from proxy_addon.demo.run import wait_for_proxy
+from proxy_addon.netutil import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTS = ROOT / "tests" / "support" / "hosts"

@@ -17,7 +17,7 @@ from mitmproxy.net.http import http1
 from mitmproxy.test import taddons, tflow
 
 from proxy_addon import compat
-from proxy_addon.demo.run import free_port
+from proxy_addon.netutil import free_port
 
 
 class _Echo(BaseHTTPRequestHandler):

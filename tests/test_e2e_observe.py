@@ -16,7 +16,7 @@ from harness import CLIENT_SECRET, Proxy, cc_credential, route, secrets_in
 from proxy_addon.demo.api import ApiServer
 from proxy_addon.demo.certs import Pki
 from proxy_addon.demo.idp import AuthServer
-from proxy_addon.demo.run import free_port
+from proxy_addon.netutil import free_port
 
 
 def _config(idp: AuthServer, api: ApiServer, **extra: object) -> dict:

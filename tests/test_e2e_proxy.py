@@ -381,9 +381,10 @@ def test_sigterm_stops_cleanly(start_proxy, idp, api) -> None:
 def test_mitmdump_script_mode(tmp_path: Path, idp, api, pki: Pki) -> None:
     import sys
 
-    from harness import HOSTS, free_port
+    from harness import HOSTS
 
     from proxy_addon.demo.run import wait_for_proxy
+    from proxy_addon.netutil import free_port
 
     cfg = Proxy(tmp_path, {**basic_config(idp, api), "ca_certs": [str(pki.ca_cert)],
                            "store": {"backend": "memory"}})  # fmt: skip

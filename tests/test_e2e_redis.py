@@ -20,6 +20,7 @@ from support import redis_server
 
 from proxy_addon.demo.api import ApiServer
 from proxy_addon.demo.idp import AuthServer
+from proxy_addon.netutil import free_port
 
 pytestmark = pytest.mark.skipif(
     not redis_server.available(), reason="redis-server is not installed (.ci/run installs it)"
@@ -197,7 +198,7 @@ def test_refused_or_unreachable_redis_stops_the_start_with_one_line(
     from proxy_addon.store import StoreUnavailableError
 
     # Unreachable: the same one-line error, from the same place (in-process: faster).
-    closed = redis_server._free_port()
+    closed = free_port()
     store = {"backend": "redis", "url": f"redis://:wrong-password-123@127.0.0.1:{closed}/0"}
     with pytest.raises(StoreUnavailableError, match="unreachable while connecting") as info:
         open_store(parse_config({"store": store}, "c.yaml", env={}).store, {"AUTHPROXY_KEY": KEY})
@@ -208,7 +209,7 @@ def test_refused_or_unreachable_redis_stops_the_start_with_one_line(
     ):
         config = tmp_path / "c.yaml"
         config.write_text(yaml.safe_dump({
-            "listen": f"127.0.0.1:{redis_server._free_port()}",
+            "listen": f"127.0.0.1:{free_port()}",
             "store": {"backend": "redis", "url": url, "connect_timeout": 1},
             "credentials": {"api": cc_credential(idp.token_url)},
         }))  # fmt: skip
@@ -239,7 +240,7 @@ def test_sentinel_and_cluster_pointed_at_a_plain_redis_say_so_in_one_line(
     from proxy_addon.store.redis_store import RedisStore
     from proxy_addon.store.sealer import Sealer
 
-    ports = {"SELF": redis.port, "CLOSED": redis_server._free_port()}
+    ports = {"SELF": redis.port, "CLOSED": free_port()}
     if "sentinels" in mode:
         mode = {**mode, "sentinels": (("127.0.0.1", ports[mode["sentinels"]]),)}
     settings = RedisSettings("127.0.0.1", redis.port, 0, False, None, redis.password,

@@ -16,7 +16,8 @@ from harness import CLIENT_SECRET, HOSTS, Proxy, cc_credential, route, secrets_i
 
 from proxy_addon.demo.api import ApiServer
 from proxy_addon.demo.idp import AuthServer
-from proxy_addon.demo.run import free_port, wait_for_proxy
+from proxy_addon.demo.run import wait_for_proxy
+from proxy_addon.netutil import free_port
 
 FAST_RETRY = {"retry_attempts": 2, "backoff_initial": 0.05, "backoff_max": 0.2}
 

@@ -216,10 +216,6 @@ class AuthServer(BackgroundServer):
         return self.url + "/revoke"
 
     @property
-    def discovery_url(self) -> str:
-        return self.url + "/.well-known/openid-configuration"
-
-    @property
     def metadata(self) -> dict[str, Any]:
         """The discovery document (RFC 8414 §2), served at both well-known addresses."""
         return {

@@ -23,16 +23,11 @@ import requests
 from proxy_addon.demo.api import ApiServer
 from proxy_addon.demo.certs import make_pki
 from proxy_addon.demo.idp import AuthServer
+from proxy_addon.netutil import free_port
 
-__all__ = ["run_demo", "wait_for_proxy"]
+__all__ = ["free_port", "run_demo", "wait_for_proxy"]
 
 CLIENT_ID = "demo-client"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_proxy(

@@ -11,10 +11,11 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from proxy_addon.netutil import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -23,18 +24,12 @@ def available() -> bool:
     return os.access(REDIS_SERVER, os.X_OK)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RedisServer:
     def __init__(self, tmp_path: Path, *, appendfsync: str = "always") -> None:
         self.dir = tmp_path / "redis"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.password = "pw-" + secrets.token_hex(12)
-        self.port = _free_port()
+        self.port = free_port()
         self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
 

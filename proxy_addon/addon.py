@@ -6,9 +6,6 @@ authproxy_config=FILE`. Imports are absolute because mitmproxy loads a script by
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
 import functools
 import logging
 import time
@@ -21,11 +18,10 @@ from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
 
 from proxy_addon import compat, replies
-from proxy_addon.audit import AuditLog, strip_query_values
+from proxy_addon.audit import Audit, strip_query_values
 from proxy_addon.cache import CredentialCache
 from proxy_addon.compat import Replayer
 from proxy_addon.config import ConfigError, load_config
-from proxy_addon.console import console_info
 from proxy_addon.decision import decide
 from proxy_addon.errors import TokenUnavailable
 from proxy_addon.guards import unsafe_options
@@ -43,8 +39,8 @@ from proxy_addon.redact import (
 from proxy_addon.retry import retry_decision
 from proxy_addon.routes import Route
 from proxy_addon.runtime import Runtime
-from proxy_addon.status import CredentialView, describe
-from proxy_addon.statuspage import status_response
+from proxy_addon.status import CredentialView
+from proxy_addon.statusaddon import StatusPage
 from proxy_addon.store import StoreError
 from proxy_addon.tokens import Token
 
@@ -111,7 +107,9 @@ class AuthProxy:
         )
         self.replay = replay  # the seam: mitmproxy's ReplayHandler, guarded; a fake in tests
         self.metrics = Metrics()
-        self.audit: AuditLog | None = None
+        self.status_page = StatusPage(lambda: self.runtime, self.metrics)
+        self.audit = Audit(lambda: self.runtime.config.audit_log if self.runtime else None)
+        self.addons = [self.status_page, self.audit]  # mitmproxy loads these as our children
         # Called with each flow once its token is redacted (the web UI adds it to its view then).
         self.on_redacted: Callable[[http.HTTPFlow], None] | None = None
         # Whether the web UI shows a flow already (a replay started from it).
@@ -125,17 +123,10 @@ class AuthProxy:
         loader.add_option(
             "authproxy_config", str | None, None, "Path of the authproxy YAML configuration."
         )
-        loader.add_option(
-            "authproxy_audit_log", str | None, None,
-            "Append one JSON line per authenticated API call to this file (overrides the "
-            "config's audit_log).",
-        )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
         if "authproxy_config" in updated:
             self._load(ctx.options.authproxy_config)
-        if "authproxy_config" in updated or "authproxy_audit_log" in updated:
-            self._open_audit()
         if self.runtime is None or not self.runtime.config.credentials:
             return
         if problem := unsafe_options(ctx.options):
@@ -162,18 +153,6 @@ class AuthProxy:
         if old is not None:
             old.close()
 
-    def _open_audit(self) -> None:
-        configured = self.runtime.config.audit_log if self.runtime else None
-        path = ctx.options.authproxy_audit_log or configured
-        if self.audit is not None and (path is None or Path(path) != self.audit.path):
-            self.audit.close()
-            self.audit = None
-        if path and self.audit is None:
-            try:
-                self.audit = AuditLog(Path(path))
-            except OSError as e:
-                raise exceptions.OptionsError(f"cannot open the audit log {path}: {e}") from None
-
     def _secrets(self) -> list[str]:
         return self.runtime.config.secrets() if self.runtime else []
 
@@ -187,8 +166,6 @@ class AuthProxy:
             self._redact(flow)
         if self.runtime is not None:
             self.runtime.close()
-        if self.audit is not None:
-            self.audit.close()
 
     # --- connections ------------------------------------------------------------------------
 
@@ -229,7 +206,7 @@ class AuthProxy:
         resend = self._resends.get(flow)
         decision = decide(flow, rt.config.routes, resent=resend is not None)
         if decision.action == "status":
-            self._answer(flow, await self._status(flow.request.path))
+            self._answer(flow, await self.status_page.answer(flow.request.path))
             return
         if decision.action == "refuse":
             assert decision.answer is not None
@@ -340,49 +317,8 @@ class AuthProxy:
                 flow.response = answer
             flow.metadata.setdefault(META, {})["error"] = "internal_error"
 
-    async def _status(self, path: str) -> http.Response:
-        views = await self.credential_views()
-        refreshes = self._refreshes()
-        info = console_info(
-            self.runtime, self.metrics, self._secrets(),
-            listen=(ctx.options.listen_host, ctx.options.listen_port),
-            config=ctx.options.authproxy_config,
-        )  # fmt: skip
-        counters = self.metrics.snapshot(refreshes)
-        metrics = self.metrics.prometheus(refreshes, views)
-        return status_response(path, views, counters, metrics, info=info)
-
-    def _refreshes(self) -> dict[str, int]:
-        rt = self.runtime
-        return {n: c.refreshes for n, c in rt.caches.items()} if rt else {}
-
     async def credential_views(self) -> list[CredentialView]:
-        rt = self.runtime
-        if rt is None:
-            return []
-
-        def read() -> dict[str, object]:
-            # Row by row: one damaged row must not blank out the others.
-            out: dict[str, object] = {}
-            for n, c in rt.caches.items():
-                with contextlib.suppress(StoreError):
-                    key = rt.config.credentials[n].store_key
-                    out[n] = c.store.get(key) if c.store else None
-            return out
-
-        records = await asyncio.to_thread(read)
-        now = time.time()
-        views = [
-            describe(cfg, records.get(name), now, rt.caches[name].status())  # type: ignore[arg-type]
-            for name, cfg in rt.config.credentials.items()
-        ]
-        secrets = self._secrets()
-        return [
-            dataclasses.replace(v, last_error=replies.scrub(v.last_error, secrets))
-            if v.last_error
-            else v
-            for v in views
-        ]
+        return await self.status_page.credential_views()
 
     @_fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -551,10 +487,10 @@ class AuthProxy:
         req, resp = flow.request, flow.response
         end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
         self.metrics.observe_request(route.credential, end - req.timestamp_start)
-        if self.audit is None:
+        if self.audit.log is None:
             return
         retried = bool(flow.metadata.get(META, {}).get("retried"))
-        self.audit.write(
+        self.audit.record(
             credential=route.credential,
             route=route.describe(),
             method=req.method,

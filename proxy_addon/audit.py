@@ -9,11 +9,15 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["AuditLog", "strip_query_values"]
+from mitmproxy import ctx, exceptions
+from mitmproxy.addonmanager import Loader
+
+__all__ = ["Audit", "AuditLog", "strip_query_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,3 +47,42 @@ class AuditLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+class Audit:
+    """The audit log as a small mitmproxy addon: it owns the `authproxy_audit_log` option (which
+    overrides the config's `audit_log`) and the file. The proxy calls `record` for each API call
+    it authenticated or refused; nothing else writes the file."""
+
+    def __init__(self, configured: Callable[[], Path | None]) -> None:
+        self._configured = configured  # the config's audit_log, read on each (re)configure
+        self.log: AuditLog | None = None
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "authproxy_audit_log", str | None, None,
+            "Append one JSON line per authenticated API call to this file (overrides the "
+            "config's audit_log).",
+        )  # fmt: skip
+
+    def configure(self, updated: set[str]) -> None:
+        if "authproxy_config" not in updated and "authproxy_audit_log" not in updated:
+            return
+        path = ctx.options.authproxy_audit_log or self._configured()
+        if self.log is not None and (path is None or Path(path) != self.log.path):
+            self.log.close()
+            self.log = None
+        if path and self.log is None:
+            try:
+                self.log = AuditLog(Path(path))
+            except OSError as e:
+                raise exceptions.OptionsError(f"cannot open the audit log {path}: {e}") from None
+
+    def done(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def record(self, **fields: Any) -> None:
+        if self.log is not None:
+            self.log.write(**fields)

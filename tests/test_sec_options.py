@@ -75,3 +75,19 @@ def test_weak_proxy_auth_is_refused(top: dict, message: str) -> None:
 def test_strong_proxy_auth_on_all_interfaces_and_short_on_loopback_are_accepted() -> None:
     _parse(listen="0.0.0.0:8080", proxy_auth=STRONG)
     _parse(listen="127.0.0.1:8080", proxy_auth="ops:pw")
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"listen_host": "0.0.0.0"}, "listening on 0.0.0.0 would let other machines use"),
+        ({"listen_host": "0.0.0.0", "proxyauth": "any"}, "listening on"),
+        ({"map_remote": ["|example|other"]}, "map_remote changes where a request goes"),
+        ({"stickyauth": "."}, "stickyauth copies Authorization headers"),
+        ({"ssl_insecure": True}, "ssl_insecure turns off certificate checks"),
+    ],
+)
+def test_options_that_would_leak_are_refused(over: dict, message: str) -> None:
+    """(Was an end-to-end test per option; `authproxy run` refusing one stays end to end.)"""
+    problem = unsafe_options(_opts(**over))
+    assert problem is not None and message in problem

@@ -121,7 +121,8 @@ class AuthProxy:
         compat.mark_request_forms()  # the status page answers only absolute-form requests
         self._guard_view()
         loader.add_option(
-            "authproxy_config", str | None, None, "Path of the authproxy YAML configuration."
+            "authproxy_config", str | None, None,  # type: ignore[arg-type]  # mitmproxy takes unions
+            "Path of the authproxy YAML configuration.",
         )
 
     def configure(self, updated: set[str]) -> None:

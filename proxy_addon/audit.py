@@ -60,7 +60,7 @@ class Audit:
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
-            "authproxy_audit_log", str | None, None,
+            "authproxy_audit_log", str | None, None,  # type: ignore[arg-type]  # mitmproxy takes unions
             "Append one JSON line per authenticated API call to this file (overrides the "
             "config's audit_log).",
         )  # fmt: skip

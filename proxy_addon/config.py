@@ -277,7 +277,7 @@ class _Reader:
     def has(self, name: str) -> bool:
         return self.data.get(name) is not None
 
-    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
         value = self.raw(name)
         if value is None:
             if required:
@@ -294,7 +294,7 @@ class _Reader:
         return text
 
     def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.str(name, default)
+        value = self.text(name, default)
         if value not in choices:
             raise self.error(name, f"expected one of {', '.join(choices)}, got {value!r}")
         return value
@@ -357,7 +357,7 @@ class _Reader:
 
     def string_map(self, name: str) -> dict[str, str]:
         sub = self.section(name)
-        return {k: sub.str(k, required=True) or "" for k in sub.data}
+        return {k: sub.text(k, required=True) or "" for k in sub.data}
 
     def done(self, allowed_also: tuple[str, ...] = ()) -> None:
         """Refuse keys nobody read: a typo must not silently turn a setting off."""
@@ -391,7 +391,7 @@ def parse_config(
     resolve = _path_resolver(base_dir)
 
     listen_host, listen_port = _parse_listen(top)
-    proxy_auth = top.str("proxy_auth")
+    proxy_auth = top.text("proxy_auth")
     if proxy_auth is not None and ":" not in proxy_auth:
         raise top.error("proxy_auth", "expected 'user:password'")
     if not is_loopback(listen_host) and not proxy_auth:
@@ -421,8 +421,8 @@ def parse_config(
     tokens.done()
     credentials = _parse_credentials(top.section("credentials"), policy)
     routes = _parse_routes(top, credentials)
-    confdir = top.str("confdir")
-    audit_log = top.str("audit_log")
+    confdir = top.text("confdir")
+    audit_log = top.text("audit_log")
     top.done()
     return Config(
         source=source,
@@ -447,7 +447,7 @@ def _path_resolver(base_dir: Path | None) -> Callable[[str], Path]:
 
 
 def _parse_listen(top: _Reader) -> tuple[str, int]:
-    value = top.str("listen", "127.0.0.1:8080") or ""
+    value = top.text("listen", "127.0.0.1:8080") or ""
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -460,7 +460,7 @@ def _parse_store(s: _Reader, resolve: Callable[[str], Path]) -> StoreConfig:
     from .store.registry import BACKENDS
 
     backend = s.choice("backend", tuple(BACKENDS), "sqlite")
-    key_file = s.str("key_file")
+    key_file = s.text("key_file")
     parsed = BACKENDS[backend].parse(s, resolve)
     s.done()
     return StoreConfig(
@@ -506,7 +506,7 @@ def _parse_credentials(s: _Reader, policy: TokenPolicy) -> dict[str, CredentialC
 
 
 def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialConfig:
-    preset = c.str("preset")
+    preset = c.text("preset")
     if preset is not None:
         if preset not in PRESETS:
             raise c.error("preset", f"expected one of {', '.join(sorted(PRESETS))}, got {preset!r}")
@@ -522,7 +522,7 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
         c.done(_POLICY_KEYS)
         return CredentialConfig(name, grant, policy=cred_policy, **own)
 
-    tenant = c.str("tenant", "") or ""
+    tenant = c.text("tenant", "") or ""
     issuer = _https_url(c, "issuer", tenant)
     token_url = _https_url(c, "token_url", tenant)
     if token_url is None and issuer is None:
@@ -536,8 +536,8 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
     authorization_params = c.string_map("authorization_params")
     redirect_port = c.integer("redirect_port", 0, minimum=0, maximum=65535)
     common = {
-        "client_id": c.str("client_id", required=True),
-        "client_secret": c.str("client_secret"),
+        "client_id": c.text("client_id", required=True),
+        "client_secret": c.text("client_secret"),
     }
     client_auth = c.choice("client_auth", tuple(CLIENT_AUTH_METHODS), "basic")
     params = c.string_map("params")
@@ -545,8 +545,8 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
     method = CLIENT_AUTH_METHODS[client_auth]
     options = {
         **own.pop("options", {}),
-        **{k: c.str(k, required=True) or "" for k in method.required},
-        **{k: v for k in method.optional if (v := c.str(k)) is not None},
+        **{k: c.text(k, required=True) or "" for k in method.required},
+        **{k: v for k in method.optional if (v := c.text(k)) is not None},
     }
     if rules.endpoint is not None and not (endpoints.get(rules.endpoint) or issuer):
         raise c.error(rules.endpoint, "is required (or give issuer: to discover it)")
@@ -582,7 +582,7 @@ def _grant_keys(
             if key in rules.required and not read[key]:
                 raise c.error(key, f"is required for grant {grant}")
             continue
-        value = c.str(key, required=key in rules.required)
+        value = c.text(key, required=key in rules.required)
         if key in _OWN_FIELDS:
             own[key] = value
         elif value is not None:
@@ -593,7 +593,7 @@ def _grant_keys(
 
 
 def _https_url(c: _Reader, key: str, tenant: str) -> str | None:
-    url = c.str(key)
+    url = c.text(key)
     if url is None:
         return None
     url = url.replace("{tenant}", tenant)
@@ -611,11 +611,11 @@ def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> 
     routes = []
     for i, item in enumerate(raw):
         r = _Reader(item, top.source, f"routes[{i}]", top.env)
-        cred = r.str("credential", required=True) or ""
+        cred = r.text("credential", required=True) or ""
         if cred not in credentials:
             known = ", ".join(sorted(credentials)) or "none are defined"
             raise r.error("credential", f"no credential named {cred!r} (known: {known})")
-        host_text = r.str("host", required=True) or ""
+        host_text = r.text("host", required=True) or ""
         try:
             host = normalize_host(host_text, pattern=True)
         except ValueError as e:
@@ -629,7 +629,7 @@ def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> 
                 "if that is really intended",
             )
         port = r.integer("port", 443 if scheme == "https" else 80, minimum=1, maximum=65535)
-        path = r.str("path", "/") or "/"
+        path = r.text("path", "/") or "/"
         if not path.startswith("/"):
             raise r.error("path", f"expected a path prefix starting with '/', got {path!r}")
         existing = r.choice("existing_authorization", EXISTING_AUTH, "replace")
@@ -641,7 +641,7 @@ def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> 
                 credential=cred,
                 host=host,
                 port=port,
-                scheme=scheme,
+                scheme=scheme,  # type: ignore[arg-type]  # one of the choices above
                 path=path,
                 existing_authorization=existing,  # type: ignore[arg-type]
                 allow_cross_site=allow_cross_site,

@@ -20,7 +20,9 @@ class Event(NamedTuple):
     kind: str  # refresh | idp_error | needs_login | retry | token_failure | refused
     credential: str
     message: str
-    count: int = 1  # the same event, repeated back to back, is kept once with a count
+    # The same event, repeated back to back, is kept once with a count (the name shadows
+    # tuple.count, which nobody calls on an Event).
+    count: int = 1  # type: ignore[assignment]
 
     def as_dict(self) -> dict[str, object]:
         return self._asdict()

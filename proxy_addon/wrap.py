@@ -538,7 +538,7 @@ class _Signals:
         self._watched = set(_FORWARDED)
         self._pending: list[int] = []
         self._handlers: dict[int, object] = {}
-        self._mask: set[signal.Signals] = set()
+        self._mask: set[int | signal.Signals] = set()
         self._chld: object = None
 
     def __enter__(self) -> _Signals:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import socket
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, BinaryIO, Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from proxy_addon.demo.certs import Pki
@@ -54,14 +55,14 @@ class Response:
         return cls(status, body, {"Content-Type": "application/json", **(headers or {})})
 
 
-def _read_exactly(rfile: BinaryIO, size: int) -> bytes:
+def _read_exactly(rfile: io.BufferedIOBase, size: int) -> bytes:
     data = rfile.read(size)
     if len(data) != size:
         raise ValueError("connection closed in the middle of the body")
     return data
 
 
-def _read_body(rfile: BinaryIO, headers: Message) -> bytes:
+def _read_body(rfile: io.BufferedIOBase, headers: Message) -> bytes:
     encoding = headers.get("Transfer-Encoding")
     if encoding is None:
         length = int(headers.get("Content-Length") or 0)

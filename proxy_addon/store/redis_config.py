@@ -81,7 +81,7 @@ def _hostport(host: str, port: int) -> str:
 
 
 def parse_redis(s: OptionReader, resolve: Callable[[str], Path]) -> RedisSettings:
-    url = s.str("url", required=True) or ""
+    url = s.text("url", required=True) or ""
     try:
         parts = urlsplit(url)
         port = parts.port or 6379
@@ -98,16 +98,16 @@ def parse_redis(s: OptionReader, resolve: Callable[[str], Path]) -> RedisSetting
         raise s.error("url", f"the database number must be a whole number, got {db_text!r}")
     if parts.query or parts.fragment:
         raise s.error("url", "takes no ?query or #fragment: set timeouts as keys of store:")
-    password = s.str("password") or (unquote(parts.password) if parts.password else None)
-    ca = s.str("ca_certs")
+    password = s.text("password") or (unquote(parts.password) if parts.password else None)
+    ca = s.text("ca_certs")
     ca_certs = resolve(ca) if ca else None
     if ca_certs is not None and not ca_certs.is_file():
         raise s.error("ca_certs", f"no such file: {ca_certs}")
     if ca_certs is not None and parts.scheme != "rediss":
         raise s.error("ca_certs", "only applies to rediss:// (TLS) URLs")
-    prefix = s.str("key_prefix", "authproxy:") or ""
+    prefix = s.text("key_prefix", "authproxy:") or ""
     sentinels = tuple(_sentinel(s, w) for w in s.words("sentinels"))
-    service = s.str("service")
+    service = s.text("service")
     if sentinels and not service:
         raise s.error("service", "is required with sentinels: the name of the monitored primary")
     if service and not sentinels:

@@ -28,7 +28,7 @@ __all__ = ["BACKENDS", "Backend", "OptionReader", "Parsed", "open_backend"]
 class OptionReader(Protocol):
     """The part of config.py's typed reader a backend's parser uses (one `store:` mapping)."""
 
-    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
         ...
 
     def number(self, name: str, default: float, *, minimum: float = 0.0) -> float: ...
@@ -81,7 +81,7 @@ def _open_memory(cfg: StoreConfig, env: Mapping[str, str], create: bool) -> Toke
 
 
 def _parse_sqlite(s: OptionReader, resolve: Callable[[str], Path]) -> Parsed:
-    path = s.str("path")
+    path = s.text("path")
     return Parsed(path=resolve(path) if path else None)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal, NamedTuple
 
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
+from mitmproxy.utils import human
 
 from proxy_addon import compat, replies
 from proxy_addon.audit import Audit, strip_query_values
@@ -30,7 +31,6 @@ from proxy_addon.localguard import LocalGuard
 from proxy_addon.metrics import Metrics
 from proxy_addon.redact import (
     StreamScrubber,
-    redacted_authorization,
     redacted_token,
     scrub_echoes,
     scrub_head,
@@ -62,6 +62,7 @@ class Injection(NamedTuple):
     request_streamed: bool
     refreshed: bool  # this request waited for a new token
     upgrade: bool  # a protocol upgrade (WebSocket): never re-sent
+    mark: str  # what replaces the token wherever it must not be seen (computed once)
 
 
 class Resend(NamedTuple):
@@ -105,6 +106,7 @@ class AuthProxy:
         self._resends: weakref.WeakKeyDictionary[http.HTTPFlow, Resend] = (
             weakref.WeakKeyDictionary()
         )
+        self._stream_limit: int | None = None  # stream_large_bodies, in bytes
         self.replay = replay  # the seam: mitmproxy's ReplayHandler, guarded; a fake in tests
         self.metrics = Metrics()
         self.status_page = StatusPage(lambda: self.runtime, self.metrics)
@@ -126,6 +128,9 @@ class AuthProxy:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if "stream_large_bodies" in updated:
+            # Parsed here, not per request: the hooks read it for every answer.
+            self._stream_limit = human.parse_size(getattr(ctx.options, "stream_large_bodies", None))
         if "authproxy_config" in updated:
             self._load(ctx.options.authproxy_config)
         if self.runtime is None or not self.runtime.config.credentials:
@@ -254,6 +259,7 @@ class AuthProxy:
             request_streamed=bool(req.stream) and attempt == 1,
             refreshed=cache.refreshes != refreshes,
             upgrade="upgrade" in req.headers,
+            mark=redacted_token(route.credential, token),
         )  # fmt: skip
         self._injected[flow] = inj
         if inj.upgrade:  # kept for its WebSocket messages, which are scrubbed too
@@ -279,11 +285,8 @@ class AuthProxy:
             return
         flow.response = response
 
-    @staticmethod
-    def _body_may_stream(req: http.Request) -> bool:
-        from mitmproxy.utils import human
-
-        limit = human.parse_size(getattr(ctx.options, "stream_large_bodies", None))
+    def _body_may_stream(self, req: http.Request) -> bool:
+        limit = self._stream_limit
         if limit is None:
             return False
         if "chunked" in req.headers.get("transfer-encoding", "").lower():
@@ -337,7 +340,7 @@ class AuthProxy:
         if inj is None or resp is None:
             return
         resp.headers.pop(replies.ERROR_HEADER, None)  # only the proxy speaks with this header
-        secret, mark = inj.token.access_token, redacted_token(inj.route.credential, inj.token)
+        secret, mark = inj.token.access_token, inj.mark
         scrub_head(resp, secret, mark)
         if not (resp.stream or self._body_may_stream_response(resp)):
             return
@@ -354,14 +357,11 @@ class AuthProxy:
         resp.stream = _Withhold(answer.raw_content or b"")
         flow.metadata.setdefault(META, {})["error"] = "unscannable_response"
 
-    @staticmethod
-    def _body_may_stream_response(resp: http.Response) -> bool:
+    def _body_may_stream_response(self, resp: http.Response) -> bool:
         """mitmproxy may switch to streaming late, once an answer of unknown length grows past
         stream_large_bodies, and then no hook runs before the body leaves: stream such
         answers through the scrubber from the start."""
-        from mitmproxy.utils import human
-
-        if human.parse_size(getattr(ctx.options, "stream_large_bodies", None)) is None:
+        if self._stream_limit is None:
             return False
         return "content-length" not in resp.headers
 
@@ -383,7 +383,7 @@ class AuthProxy:
         assert resp is not None
         if not resp.stream:  # a streamed answer's head was handled in responseheaders
             resp.headers.pop(replies.ERROR_HEADER, None)  # only the proxy speaks with it
-        if not scrub_echoes(resp, inj.token, redacted_token(inj.route.credential, inj.token)):
+        if not scrub_echoes(resp, inj.token, inj.mark):
             logger.warning("%s %s: answer with Content-Encoding %r withheld: it cannot be "
                            "checked for an echoed token", flow.request.method, flow.request.host,
                            resp.headers.get("content-encoding"))  # fmt: skip
@@ -421,6 +421,8 @@ class AuthProxy:
         """The retry-once rule, in one place: (re-send?, get a new token?, why). A 401 earns
         one new token and one re-send of the client's request; an upgrade (WebSocket) gets the
         new token for its next handshake but is not re-sent (its 401 goes back)."""
+        if resp.status_code != 401:  # nearly every answer: nothing to decide
+            return False, False, "not a 401"
         retry, why = retry_decision(
             status=resp.status_code,
             www_authenticate=resp.headers.get("www-authenticate"),
@@ -472,15 +474,13 @@ class AuthProxy:
             return
         message = flow.websocket.messages[-1]
         if not message.from_client:
-            mark = redacted_token(inj.route.credential, inj.token)
+            mark = inj.mark
             message.content = scrub_message(message.content, inj.token.access_token, mark)
 
     def _redact(self, flow: http.HTTPFlow) -> None:
         inj = self._injected.pop(flow, None)
         if inj is not None:
-            flow.request.headers["authorization"] = redacted_authorization(
-                inj.route.credential, inj.token
-            )
+            flow.request.headers["authorization"] = f"{inj.token.token_type} {inj.mark}"
             if self.on_redacted is not None:
                 self.on_redacted(flow)
 

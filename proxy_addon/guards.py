@@ -69,7 +69,9 @@ def misdirection(flow: http.HTTPFlow) -> str | None:
     hosts = req.headers.get_all("host")
     if len(hosts) > 1:
         return f"the request carries {len(hosts)} Host headers"
-    named: list[tuple[str, str]] = [("Host header", h) for h in hosts]
+    named: list[tuple[str, str]] = [
+        ("Host header", h) for h in hosts if not _names_target(h, req.host, port, req.scheme)
+    ]
     if req.authority:
         what = ":authority" if req.is_http2 or req.is_http3 else "request line"
         named.append((f"{what} authority", req.authority))
@@ -89,11 +91,26 @@ def misdirection(flow: http.HTTPFlow) -> str | None:
     return None
 
 
+def _names_target(value: str, host: str, port: int, scheme: str) -> bool:
+    """The common case, decided without parsing: the name is the destination itself, byte for
+    byte (`host`, or `host:port`). `host` matched a route, so it is a valid host name."""
+    if value == host:
+        return port == url.default_port(scheme)
+    return value.startswith(host) and value[len(host) :] == f":{port}"
+
+
+# Header names (bytes, lower case) that tell the request came from a web page.
+_BROWSER_HEADERS = frozenset({b"sec-fetch-site", b"origin", b"referer"})
+
+
 def _foreign_site(req: http.Request) -> str | None:
     """The other origin a browser page came from, if the request says it came from one.
 
     `Sec-Fetch-Site` where the browser sends it; for plain-http destinations browsers send
     none, so `Origin`, or lacking it `Referer`, is compared with the request's own origin."""
+    # Most requests (API clients) carry none of these: one pass over the raw names says so.
+    if not any(name.lower() in _BROWSER_HEADERS for name, _ in req.headers.fields):
+        return None
     site = req.headers.get("sec-fetch-site", "").lower()
     if site in ("cross-site", "same-site"):
         return site

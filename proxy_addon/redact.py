@@ -44,8 +44,10 @@ def scrub_echoes(response: http.Response, token: Token, replacement: str) -> boo
 
 def scrub_head(response: http.Response, secret: str, replacement: str) -> None:
     """Headers (every copy of each), the reason phrase and trailers."""
+    needle = secret.encode()
     for fields in (response.headers, response.trailers):
-        if fields is None:
+        # Nearly always absent: one search per raw field, nothing decoded, before the slow path.
+        if fields is None or not any(needle in n or needle in v for n, v in fields.fields):
             continue
         for name in {n for n, v in fields.items(multi=True) if secret in n or secret in v}:
             values = fields.get_all(name)

@@ -113,3 +113,27 @@ async def test_a_401_resends_the_same_body_once_with_a_new_token() -> None:
         assert [s.method for s in rig.sent] == ["POST", "POST"]
         assert all(s.body_is_original for s in rig.sent)  # the body is shared, never copied
         assert rig.sent[0].authorization != rig.sent[1].authorization
+
+
+@pytest.mark.parametrize(
+    ("host_header", "error"),
+    [(HOST, None), (f"{HOST}:443", None), (f"{HOST}:4430", "misdirected_request"),
+     (f"{HOST}.evil.example", "misdirected_request"), (f"{HOST}:443x", "misdirected_request"),
+     (HOST.upper(), None)],
+)  # fmt: skip
+@in_process
+async def test_host_header_fast_path_only_for_the_destination_itself(host_header, error) -> None:
+    """The verbatim-match shortcut (issue 11.1) must not let a longer name through."""
+    async with rig_context() as rig:
+        flow = await rig.send(routed_flow(host_header=host_header))
+        assert _error(flow) == error
+        assert _authorized(rig) == ([] if error else [True])
+
+
+@in_process
+async def test_a_browser_header_in_any_case_is_still_seen() -> None:
+    async with rig_context() as rig:
+        flow = routed_flow()
+        flow.request.headers.fields += ((b"SEC-FETCH-SITE", b"cross-site"),)
+        await rig.send(flow)
+        assert _error(flow) == "cross_site_refused" and rig.sent == []

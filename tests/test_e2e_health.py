@@ -70,3 +70,21 @@ def test_probes_in_both_forms_follow_the_store(
                 time.sleep(0.1)
     finally:
         redis.stop()
+
+
+def test_with_proxy_authentication_a_probe_sends_it_too(
+    start_proxy, idp: AuthServer, api: ApiServer
+) -> None:
+    """As the compose example's healthcheck: mitmproxy's proxy authentication comes first."""
+    import base64
+
+    auth = "prober:a-long-password-1"
+    proxy = start_proxy({"proxy_auth": auth,
+                         "credentials": {"api": cc_credential(idp.token_url)},
+                         "routes": [route("api.example.test", api.port)]})  # fmt: skip
+    direct = requests.Session()
+    direct.trust_env = False
+    assert direct.get(f"{proxy.url}/readyz", timeout=10).status_code == 407
+    header = {"Proxy-Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+    r = direct.get(f"{proxy.url}/readyz", headers=header, timeout=10)
+    assert (r.status_code, r.json()["status"]) == (200, "ready")

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -117,6 +119,10 @@ class HealthProbe:
     def __init__(self, timeout: float = READY_TIMEOUT) -> None:
         self.timeout = timeout
         self._inflight: asyncio.Future[StoreCheck] | None = None
+        # Its own thread, not asyncio's default pool: a store that hangs holds this one thread,
+        # never the workers the token caches use. While it hangs, probes answer at once.
+        self._pool: ThreadPoolExecutor | None = None
+        self._pinging = threading.Event()
 
     async def answer(
         self, path: str, store: TokenStore | None, observer: StoreObserver | None = None,
@@ -134,12 +140,24 @@ class HealthProbe:
         # Shielded: a probe that gives up (its client left) does not cancel the others' check.
         return await asyncio.shield(self._inflight)
 
+    def _ping(self, store: TokenStore) -> None:
+        try:
+            ping_store(store)
+        finally:
+            self._pinging.clear()
+
     async def _check(self, store: TokenStore, observer: StoreObserver | None) -> StoreCheck:
         start = time.monotonic()
         error: str | None = None
+        if self._pinging.is_set():  # the last ping has not returned yet
+            return StoreCheck(False, 0.0, "store_timeout")
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="authproxy-readyz")
+        self._pinging.set()
         try:
             # The thread may outlive the deadline (a socket timeout ends it); the probe does not.
-            await asyncio.wait_for(asyncio.to_thread(ping_store, store), self.timeout)
+            ping = asyncio.get_running_loop().run_in_executor(self._pool, self._ping, store)
+            await asyncio.wait_for(ping, self.timeout)
         except TimeoutError:
             error = "store_timeout"
         except StoreUnavailableError:

@@ -146,11 +146,20 @@ async def test_a_hanging_store_gives_503_in_bounded_time_and_probes_share_one_ch
     answers = await asyncio.gather(*(probe.answer("/readyz", store) for _ in range(5)))
     took = time.monotonic() - start
     ticker.cancel()
-    release.set()
     assert [a.status_code for a in answers] == [503] * 5
     assert json.loads(answers[0].content or b"")["checks"]["store"]["status"] == "store_timeout"
     assert 0.3 <= took < 1.5 and beat >= 10
     assert store.pings == 1
+    # The ping still hangs: the next probe answers at once, without a second stuck thread.
+    start = time.monotonic()
+    assert (await probe.answer("/readyz", store)).status_code == 503
+    assert time.monotonic() - start < 0.1 and store.pings == 1
+    release.set()
+    store.hang = None
+    deadline = time.monotonic() + 5
+    while (await probe.answer("/readyz", store)).status_code != 200:  # back once it returns
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
 
 
 def test_timed_store_records_latency_and_errors_but_not_contention() -> None:

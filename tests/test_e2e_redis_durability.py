@@ -5,6 +5,7 @@ that forbids CONFIG gets a hint instead of a failure; and /readyz's store ping."
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +88,27 @@ def test_ping_is_one_round_trip_and_says_when_redis_is_gone(
     with pytest.raises(StoreUnavailableError, match="unreachable while pinging"):
         store.ping()
     store.close()
+
+
+def test_authproxy_run_prints_the_warning(
+    start_proxy, idp, api, redis: redis_server.RedisServer, tmp_path: Path
+) -> None:
+    from harness import cc_credential, route
+
+    redis.client().config_set("appendonly", "no")
+    home = tmp_path / "home"
+    home.mkdir()
+    proxy = start_proxy(
+        {"store": {"backend": "redis", "url": redis.url},
+         "credentials": {"api": cc_credential(idp.token_url)},
+         "routes": [route("api.example.test", api.port)]},
+        env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+             "XDG_STATE_HOME": str(home / ".state"),
+             "AUTHPROXY_KEY": Fernet.generate_key().decode()},
+    )  # fmt: skip
+    deadline = time.monotonic() + 10  # the log file may lag the listening port a little
+    while "appendonly is off" not in (output := proxy.output()):
+        assert time.monotonic() < deadline, output
+        time.sleep(0.05)
+    assert "appendonly is off" in output and "appendfsync always" in output, output
+    assert redis.password not in output

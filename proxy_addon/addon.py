@@ -26,6 +26,7 @@ from proxy_addon.config import ConfigError, load_config
 from proxy_addon.decision import decide
 from proxy_addon.errors import TokenUnavailable
 from proxy_addon.guards import unsafe_options
+from proxy_addon.health import HealthProbe, health_path
 from proxy_addon.instrument import instrument
 from proxy_addon.localguard import LocalGuard
 from proxy_addon.metrics import Metrics
@@ -109,6 +110,7 @@ class AuthProxy:
         self._stream_limit: int | None = None  # stream_large_bodies, in bytes
         self.replay = replay  # the seam: mitmproxy's ReplayHandler, guarded; a fake in tests
         self.metrics = Metrics()
+        self.health = HealthProbe()
         self.status_page = StatusPage(lambda: self.runtime, self.metrics)
         self.audit = Audit(lambda: self.runtime.config.audit_log if self.runtime else None)
         self.addons = [self.status_page, self.audit]  # mitmproxy loads these as our children
@@ -212,6 +214,11 @@ class AuthProxy:
         resend = self._resends.get(flow)
         decision = decide(flow, rt.config.routes, resent=resend is not None)
         if decision.action == "status":
+            if health_path(flow.request.path):  # /healthz, /readyz: for orchestrators
+                answer = await self.health.answer(flow.request.path, rt.store, self.metrics,
+                                                  head=flow.request.method == "HEAD")  # fmt: skip
+                self._answer(flow, answer)
+                return
             self._answer(flow, await self.status_page.answer(flow.request.path))
             return
         if decision.action == "refuse":

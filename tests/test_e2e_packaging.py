@@ -139,7 +139,8 @@ def test_demo_installs_the_package_alone_and_test_adds_its_tools(tmp_path: Path)
     bin_dir = repo / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     for name, text in (("python", FAKE_PYTHON.format(real=sys.executable)),
-                       ("authproxy", FAKE_TOOL), ("ruff", FAKE_TOOL)):  # fmt: skip
+                       ("authproxy", FAKE_TOOL), ("ruff", FAKE_TOOL),
+                       ("mypy", FAKE_TOOL)):  # fmt: skip
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     calls = tmp_path / "calls.log"
@@ -156,5 +157,5 @@ def test_demo_installs_the_package_alone_and_test_adds_its_tools(tmp_path: Path)
     assert script("demo") == [f"{pip} {repo}", "authproxy demo --once"]
     assert script("demo") == ["authproxy demo --once"]  # installed already
     assert script("test") == [f"{pip} {repo}[test]", "ruff check proxy_addon tests scripts",
-                              "-m pytest --once"]  # fmt: skip
+                              "mypy proxy_addon", "-m pytest --once"]  # fmt: skip
     assert script("demo") == ["authproxy demo --once"]  # the test install covers the demo

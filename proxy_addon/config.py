@@ -152,6 +152,14 @@ class CredentialConfig:
             "authorization_params": dict(sorted(auth_params.items())),
             "username": self.username,  # only a grant that reads it (password) has one
         }
+        spec = GRANT_SPECS.get(self.grant)
+        # Whose token it is, for grants that say (a service account, an app installation);
+        # absent otherwise, so the identity of every other credential stays as it was.
+        own = {
+            k: self.options[k] for k in (spec.rules.identity if spec else ()) if k in self.options
+        }
+        if own:
+            parts["grant_keys"] = dict(sorted(own.items()))
         canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -516,7 +524,11 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
     tenant = c.str("tenant", "") or ""
     issuer = _https_url(c, "issuer", tenant)
     token_url = _https_url(c, "token_url", tenant)
-    if token_url is None and issuer is None:
+    if (
+        token_url is None
+        and issuer is None
+        and not (rules.endpoint_from and c.has(rules.endpoint_from))
+    ):
         raise c.error("token_url", "is required (or give issuer: to discover the endpoints)")
     scopes = c.words("scopes")
     scopes += tuple(s for s in c.words("required_scopes") if s not in scopes)
@@ -527,16 +539,21 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
     authorization_params = c.string_map("authorization_params")
     redirect_port = c.integer("redirect_port", 0, minimum=0, maximum=65535)
     common = {
-        "client_id": c.str("client_id", required=True),
+        "client_id": c.str("client_id", required=rules.client),
         "client_secret": c.str("client_secret"),
     }
     client_auth = c.choice("client_auth", tuple(CLIENT_AUTH_METHODS), "basic")
     params = c.string_map("params")
-    own = _grant_keys(c, grant, rules, common)
     method = CLIENT_AUTH_METHODS[client_auth]
+    for key in method.required:
+        if key in common and not common[key]:
+            raise c.error(key, f"is required for client_auth {client_auth}")
+    if rules.confidential and not method.proves and not common["client_secret"]:
+        raise c.error("client_secret", f"is required for grant {grant}")
+    own = _grant_keys(c, grant, rules, common)
     options = {
         **own.pop("options", {}),
-        **{k: c.str(k, required=True) or "" for k in method.required},
+        **{k: c.str(k, required=True) or "" for k in method.required if k not in common},
         **{k: v for k in method.optional if (v := c.str(k)) is not None},
     }
     if rules.endpoint is not None and not (endpoints.get(rules.endpoint) or issuer):
@@ -572,6 +589,13 @@ def _grant_keys(
         if key in read:
             if key in rules.required and not read[key]:
                 raise c.error(key, f"is required for grant {grant}")
+            continue
+        if key in rules.lists:
+            words = c.words(key)
+            if key in rules.required and not words:
+                raise c.error(key, "is required")
+            if words:
+                options[key] = " ".join(words)
             continue
         value = c.str(key, required=key in rules.required)
         if key in _OWN_FIELDS:

@@ -15,6 +15,7 @@ state in `idp_protocol`, the HTML in `idp_pages`; this module speaks HTTP.
 from __future__ import annotations
 
 import base64
+import secrets
 import threading
 import time
 from collections import Counter
@@ -32,6 +33,7 @@ from proxy_addon.demo.idp_grants import (
     OAuthError,
     invalid_client,
 )
+from proxy_addon.demo.idp_jwt import JWT_BEARER_GRANT, JwtChecker, VerifyKey
 from proxy_addon.demo.idp_protocol import (
     AuthorizationRequest,
     PageError,
@@ -49,8 +51,11 @@ FAULTS = frozenset({"500", "503", "malformed", "invalid_grant", "slow"})
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 GRANT_TYPES = (
     "authorization_code", "refresh_token", "client_credentials", "password", DEVICE_CODE_GRANT,
+    JWT_BEARER_GRANT,
 )  # fmt: skip
-_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+_AUTH_METHODS = (
+    "client_secret_basic", "client_secret_post", "none", "private_key_jwt", "client_secret_jwt",
+)  # fmt: skip
 # Credentials, so never written to the request log.
 _SECRET_PARAMS = frozenset(
     {"client_secret", "refresh_token", "code", "code_verifier", "password", "assertion",
@@ -164,6 +169,7 @@ class AuthServer(BackgroundServer):
         self.advertised_interval: float | None = None
         self.slow_down_step = 5.0  # RFC 8628 §3.5: what each slow_down adds to that interval
         self._grants = GrantStore()
+        self.jwt = JwtChecker()  # keys for client assertions and JWT-bearer issuers
         # One lock for grants and counters; tests peek at `_access` under it.
         self._lock = self._grants.lock
         self._access = self._grants.access
@@ -297,6 +303,18 @@ class AuthServer(BackgroundServer):
         §2.1): it identifies itself by client_id alone and must use PKCE."""
         self._grants.add_client(client_id, client_secret, redirect_uris)
 
+    def add_client_key(self, client_id: str, key: VerifyKey) -> None:
+        """Let `client_id` authenticate with assertions `key` verifies (a public key, or a
+        shared secret for client_secret_jwt). An unknown client is registered as
+        confidential, with a secret nobody knows."""
+        if self._grants.client(client_id) is None:
+            self.add_client(client_id, secrets.token_urlsafe(24))
+        self.jwt.add_client_key(client_id, key)
+
+    def add_jwt_issuer(self, issuer: str, key: VerifyKey) -> None:
+        """Accept JWT-bearer grants (RFC 7523 §2.1) signed by `issuer` with `key`."""
+        self.jwt.add_issuer_key(issuer, key)
+
     def add_user(self, username: str, password: str) -> None:
         self._grants.add_user(username, password)
 
@@ -380,8 +398,16 @@ class AuthServer(BackgroundServer):
             self._discovery_requests += 1
         return Response.of_json(200, self.metadata)
 
+    def _audiences(self, request: Request) -> list[str]:
+        # RFC 7523 §3: the token endpoint's URL, or the issuer identifier.
+        return [self.url + urlsplit(request.path).path, self.url]
+
     def _client_of(self, form: dict[str, str], request: Request) -> str:
         basic = _basic_credentials(request.headers.get("Authorization"))
+        if "client_assertion" in form or "client_assertion_type" in form:
+            if basic is not None or "client_secret" in form:
+                raise OAuthError("invalid_request", "more than one client authentication method")
+            return self.jwt.client(form, self._audiences(request))
         return self._grants.authenticate(form.get("client_id"), form.get("client_secret"), basic)
 
     # The token endpoint.
@@ -416,6 +442,8 @@ class AuthServer(BackgroundServer):
         return response
 
     def _grant(self, form: dict[str, str], request: Request) -> Response:
+        if form.get("grant_type") == JWT_BEARER_GRANT:
+            return self._jwt_bearer(form, request)
         client_id = self._client_of(form, request)
         grant_type = _required(form, "grant_type")
         handlers: dict[str, _GrantHandler] = {
@@ -455,6 +483,20 @@ class AuthServer(BackgroundServer):
     def _device_code(self, client_id: str, form: dict[str, str], ttl: float) -> Issued:
         device_code = _required(form, "device_code")
         return self._grants.poll_device(client_id, device_code, ttl, self.slow_down_step)
+
+    def _jwt_bearer(self, form: dict[str, str], request: Request) -> Response:
+        """RFC 7523 §2.1: the assertion proves who asks; client authentication is optional
+        (§3.1), and checked when sent. The scope comes from the form or, Google-style, from
+        the assertion's `scope` claim."""
+        if {"client_id", "client_secret", "client_assertion"} & set(form) or request.headers.get(
+            "Authorization"
+        ):
+            self._client_of(form, request)
+        asserted = self.jwt.bearer(_required(form, "assertion"), self._audiences(request))
+        scope = normalize_scope(form.get("scope") or str(asserted.claims.get("scope", "")))
+        ttl = self.access_token_ttl
+        issued = self._grants.bearer_grant(asserted.issuer, asserted.subject, scope, ttl)
+        return self._token_response(issued, ttl)
 
     def _token_response(self, issued: Issued, ttl: float) -> Response:
         payload: dict[str, Any] = {"access_token": issued.access, "token_type": "Bearer"}

@@ -31,7 +31,7 @@ __all__ = ["GRANTS", "make_grant", "sign_in_for", "spec_for"]
 
 GRANTS: dict[str, GrantSpec] = {
     "client_credentials": GrantSpec(
-        ".client_credentials:ClientCredentialsGrant", ConfigRules(required=("client_secret",))
+        ".client_credentials:ClientCredentialsGrant", ConfigRules(confidential=True)
     ),
     "refresh_token": GrantSpec(
         ".refresh_token:RefreshTokenGrant",

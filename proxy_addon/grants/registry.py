@@ -54,6 +54,30 @@ GRANTS: dict[str, GrantSpec] = {
         ConfigRules(required=("username", "password"), secret=("password",)),
         sign_in=".password:sign_in",
     ),
+    "jwt_bearer": GrantSpec(
+        ".jwt_bearer:JwtBearerGrant",
+        ConfigRules(
+            client=False,
+            optional=(
+                "service_account_file",
+                "private_key_file",
+                "private_key_passphrase",
+                "signing_alg",
+                "key_id",
+                "assertion_issuer",
+                "assertion_subject",
+                "assertion_audience",
+            ),
+            secret=("private_key_passphrase",),
+            identity=(
+                "service_account_file",
+                "assertion_issuer",
+                "assertion_subject",
+                "assertion_audience",
+            ),
+            endpoint_from="service_account_file",
+        ),
+    ),
     "static": GrantSpec(
         ".static:StaticGrant",
         ConfigRules(oauth=False, required=("token",), secret=("token",)),

@@ -78,6 +78,24 @@ GRANTS: dict[str, GrantSpec] = {
             endpoint_from="service_account_file",
         ),
     ),
+    "github_app": GrantSpec(
+        ".github_app:GitHubAppGrant",
+        ConfigRules(
+            oauth=False,
+            required=("installation_id", "private_key_file"),
+            optional=(
+                "app_id",
+                "client_id",
+                "api_url",
+                "repositories",
+                "permissions",
+                "private_key_passphrase",
+            ),
+            secret=("private_key_passphrase",),
+            lists=("repositories", "permissions"),
+            identity=("app_id", "installation_id", "api_url", "repositories", "permissions"),
+        ),
+    ),
     "static": GrantSpec(
         ".static:StaticGrant",
         ConfigRules(oauth=False, required=("token",), secret=("token",)),

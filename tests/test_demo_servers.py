@@ -1040,7 +1040,7 @@ def test_discovery_documents(idp: AuthServer, http: requests.Session, document: 
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert meta["token_endpoint_auth_methods_supported"] == [
         "client_secret_basic", "client_secret_post", "none", "private_key_jwt",
-        "client_secret_jwt",
+        "client_secret_jwt", "tls_client_auth", "self_signed_tls_client_auth",
     ]  # fmt: skip
     assert http.post(response.url, timeout=5).status_code == 405
     assert idp.discovery_requests == 1

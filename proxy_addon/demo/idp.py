@@ -15,6 +15,7 @@ state in `idp_protocol`, the HTML in `idp_pages`; this module speaks HTTP.
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import threading
 import time
@@ -22,6 +23,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
+
+from cryptography import x509
 
 from proxy_addon.demo import idp_pages as pages
 from proxy_addon.demo.certs import Pki
@@ -55,6 +58,7 @@ GRANT_TYPES = (
 )  # fmt: skip
 _AUTH_METHODS = (
     "client_secret_basic", "client_secret_post", "none", "private_key_jwt", "client_secret_jwt",
+    "tls_client_auth", "self_signed_tls_client_auth",
 )  # fmt: skip
 # Credentials, so never written to the request log.
 _SECRET_PARAMS = frozenset(
@@ -66,6 +70,11 @@ _POST = frozenset({"POST"})
 
 _Endpoint = Callable[[Request], Response]
 _GrantHandler = Callable[[str, dict[str, str], float], Issued]
+
+
+def x5t_s256(der: bytes) -> str:
+    """A certificate's `x5t#S256` thumbprint (RFC 8705 §3.1)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
 
 
 def _form_pairs(request: Request) -> list[tuple[str, str]]:
@@ -170,6 +179,10 @@ class AuthServer(BackgroundServer):
         self.slow_down_step = 5.0  # RFC 8628 §3.5: what each slow_down adds to that interval
         self._grants = GrantStore()
         self.jwt = JwtChecker()  # keys for client assertions and JWT-bearer issuers
+        # RFC 8705: clients that authenticate by certificate (client_id -> thumbprint or
+        # subject DN), and the certificate each access token is bound to.
+        self._tls_clients: dict[str, tuple[str | None, str | None]] = {}
+        self._bound: dict[str, str] = {}
         # One lock for grants and counters; tests peek at `_access` under it.
         self._lock = self._grants.lock
         self._access = self._grants.access
@@ -241,6 +254,7 @@ class AuthServer(BackgroundServer):
             "token_endpoint_auth_methods_supported": list(_AUTH_METHODS),
             "revocation_endpoint_auth_methods_supported": list(_AUTH_METHODS),
             "authorization_response_iss_parameter_supported": True,  # RFC 9207
+            "tls_client_certificate_bound_access_tokens": True,  # RFC 8705 §3.3
             **self.metadata_extra,
         }
 
@@ -310,6 +324,22 @@ class AuthServer(BackgroundServer):
         if self._grants.client(client_id) is None:
             self.add_client(client_id, secrets.token_urlsafe(24))
         self.jwt.add_client_key(client_id, key)
+
+    def add_client_cert(
+        self, client_id: str, *, thumbprint: str | None = None, subject_dn: str | None = None
+    ) -> None:
+        """Let `client_id` authenticate with a TLS client certificate (RFC 8705 §2): a
+        self-signed one known by its `x5t#S256` thumbprint, or one from a CA the server
+        trusts (`trust_client_certs`) known by its subject DN (RFC 4514 form)."""
+        if self._grants.client(client_id) is None:
+            self.add_client(client_id, secrets.token_urlsafe(24))
+        with self._lock:
+            self._tls_clients[client_id] = (thumbprint, subject_dn)
+
+    def cnf_of(self, access_token: str) -> str | None:
+        """The `x5t#S256` of the certificate this token is bound to (RFC 8705 §3), if any."""
+        with self._lock:
+            return self._bound.get(access_token)
 
     def add_jwt_issuer(self, issuer: str, key: VerifyKey) -> None:
         """Accept JWT-bearer grants (RFC 7523 §2.1) signed by `issuer` with `key`."""
@@ -398,12 +428,41 @@ class AuthServer(BackgroundServer):
             self._discovery_requests += 1
         return Response.of_json(200, self.metadata)
 
+    def _tls_client(
+        self, client_id: str, known: tuple[str | None, str | None], peer: bytes | None
+    ) -> str:
+        if peer is None:
+            raise invalid_client("this client authenticates with a TLS client certificate")
+        thumbprint, subject_dn = known
+        if thumbprint is not None and x5t_s256(peer) != thumbprint:
+            raise invalid_client("the TLS client certificate is not this client's")
+        if subject_dn is not None:
+            subject = x509.load_der_x509_certificate(peer).subject.rfc4514_string()
+            if subject != subject_dn:
+                raise invalid_client("the TLS client certificate's subject is not this client's")
+        return client_id
+
+    def _bind(self, issued: Issued, request: Request) -> None:
+        """RFC 8705 §3: a token asked for over mutual TLS is bound to that certificate."""
+        if request.peer_cert is not None:
+            with self._lock:
+                self._bound[issued.access] = x5t_s256(request.peer_cert)
+
     def _audiences(self, request: Request) -> list[str]:
         # RFC 7523 §3: the token endpoint's URL, or the issuer identifier.
         return [self.url + urlsplit(request.path).path, self.url]
 
     def _client_of(self, form: dict[str, str], request: Request) -> str:
         basic = _basic_credentials(request.headers.get("Authorization"))
+        client_id = form.get("client_id")
+        with self._lock:
+            tls_client = self._tls_clients.get(client_id or "")
+        if (
+            tls_client is not None
+            and basic is None
+            and not {"client_secret", "client_assertion"} & set(form)
+        ):
+            return self._tls_client(client_id or "", tls_client, request.peer_cert)
         if "client_assertion" in form or "client_assertion_type" in form:
             if basic is not None or "client_secret" in form:
                 raise OAuthError("invalid_request", "more than one client authentication method")
@@ -457,7 +516,9 @@ class AuthServer(BackgroundServer):
         if handler is None:
             raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is unsupported")
         ttl = self.access_token_ttl
-        return self._token_response(handler(client_id, form, ttl), ttl)
+        issued = handler(client_id, form, ttl)
+        self._bind(issued, request)
+        return self._token_response(issued, ttl)
 
     def _client_credentials(self, client_id: str, form: dict[str, str], ttl: float) -> Issued:
         scope = normalize_scope(form.get("scope", ""))
@@ -496,6 +557,7 @@ class AuthServer(BackgroundServer):
         scope = normalize_scope(form.get("scope") or str(asserted.claims.get("scope", "")))
         ttl = self.access_token_ttl
         issued = self._grants.bearer_grant(asserted.issuer, asserted.subject, scope, ttl)
+        self._bind(issued, request)
         return self._token_response(issued, ttl)
 
     def _token_response(self, issued: Issued, ttl: float) -> Response:

@@ -8,6 +8,10 @@ as its audience). `METHODS` is the table `client_auth:` chooses from; each entry
 which extra config keys the method reads, so a new method (private_key_jwt, client_secret_jwt,
 tls_client_auth) is one function plus one line here.
 
+Mutual TLS (RFC 8705 §2): `tls_client_auth` / `self_signed_tls_client_auth` send the client
+certificate (`client_certificate_file`, `client_key_file`) on the connection itself; the key
+file must be owner-only and unencrypted, and the certificate must be the key's.
+
 Signed assertions (RFC 7523 §2.2, OIDC Core §9): `private_key_jwt` signs with a key file
 (RS256/PS256/ES256/EdDSA; `key_id` names it in `kid`; `certificate_file` adds the `x5t#S256`
 Microsoft Entra wants for certificate credentials), `client_secret_jwt` with the secret (HS256).
@@ -24,7 +28,15 @@ from urllib.parse import quote_plus
 
 from ..errors import GrantError
 from .base import resolve
-from .keys import KeyFileError, algorithm_for, cert_thumbprint, fresh_claims, load_private_key, sign
+from .keys import (
+    KeyFileError,
+    algorithm_for,
+    cert_thumbprint,
+    check_tls_pair,
+    fresh_claims,
+    load_private_key,
+    sign,
+)
 
 if TYPE_CHECKING:
     from ..config import CredentialConfig
@@ -124,6 +136,15 @@ def client_secret_jwt(cfg: CredentialConfig, endpoint: str) -> ClientAuthenticat
     return _assertion(cfg, sign(claims, cfg.client_secret or "", "HS256"))
 
 
+def tls(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
+    """Mutual TLS (RFC 8705 §2): the client's certificate proves it, its id goes in the body.
+    `tls_client_auth` (a CA-issued certificate the IdP knows by subject) and
+    `self_signed_tls_client_auth` (one it knows by its key) differ only at the IdP."""
+    cert = check_tls_pair(cfg.options["client_certificate_file"], cfg.options["client_key_file"])
+    return ClientAuthentication(form={"client_id": cfg.client_id or ""}, cert=cert)
+
+
+_TLS_FILES = ("client_certificate_file", "client_key_file")
 _KEY_OPTIONS = ("private_key_passphrase", "signing_alg", "key_id", "certificate_file")
 
 METHODS: dict[str, MethodSpec] = {
@@ -142,6 +163,8 @@ METHODS: dict[str, MethodSpec] = {
         optional=("assertion_audience",),
         proves=True,
     ),
+    "tls_client_auth": MethodSpec(".client_auth:tls", required=_TLS_FILES, proves=True),
+    "self_signed_tls_client_auth": MethodSpec(".client_auth:tls", required=_TLS_FILES, proves=True),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import os
 import secrets
 import stat
 import time
@@ -30,6 +31,7 @@ __all__ = [
     "PrivateKey",
     "algorithm_for",
     "cert_thumbprint",
+    "check_tls_pair",
     "fresh_claims",
     "load_private_key",
     "read_private_file",
@@ -195,3 +197,42 @@ def fresh_claims(
         "exp": now + int(lifetime),
         "jti": secrets.token_urlsafe(16),
     }
+
+
+def check_tls_pair(cert_path: str, key_path: str) -> tuple[str, str]:
+    """A client certificate and its key for mutual TLS (RFC 8705), as absolute paths, once
+    checked: the key readable by its owner alone and not encrypted (TLS libraries take no
+    passphrase here), the certificate a PEM certificate for that very key."""
+    cert = str(Path(cert_path).expanduser())
+    key = str(Path(key_path).expanduser())
+    try:
+        stamps = tuple((st.st_size, st.st_mtime_ns, st.st_ino) for st in map(os.stat, (cert, key)))
+    except OSError:
+        stamps = ((0, 0, 0), (0, 0, 0))
+    _check_pair_cached(cert, key, stamps)
+    return cert, key
+
+
+@functools.lru_cache(maxsize=64)
+def _check_pair_cached(cert: str, key: str, stamps: tuple[tuple[int, int, int], ...]) -> None:
+    pem = read_private_file(key, key="client_key_file")
+    if b"ENCRYPTED" in pem:
+        raise KeyFileError(
+            f"client_key_file: {key} is encrypted; TLS takes no passphrase here, so store it "
+            f"decrypted and owner-only (openssl pkey -in {key} -out new.pem; chmod 600 new.pem)"
+        )
+    private_key = parse_private_key(pem, key="client_key_file")
+    try:
+        data = Path(cert).read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"client_certificate_file: no such file: {cert}") from None
+    except OSError as e:
+        raise KeyFileError(f"client_certificate_file: cannot read {cert}: {e.strerror}") from None
+    try:
+        certificate = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise KeyFileError(f"client_certificate_file: {cert} holds no PEM certificate") from None
+    if certificate.public_key() != private_key.public_key():
+        raise KeyFileError(
+            f"client_certificate_file: {cert} is not the certificate of client_key_file {key}"
+        )

@@ -77,11 +77,7 @@ def test_ca_issued_certificate_known_by_subject(tmp_path: Path, idp, pki) -> Non
     idp.trust_client_certs(ca_file)
     idp.add_client_cert("mc", subject_dn=subject)
     token = grant(idp, pki, cert, key, "tls_client_auth").obtain(None)
-    der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(
-        __import__(
-            "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
-        ).Encoding.DER
-    )
+    der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(Encoding.DER)
     assert idp.cnf_of(token.access_token) == x5t_s256(der)
 
 

@@ -102,6 +102,7 @@ class CredentialConfig:
     policy: TokenPolicy = field(default_factory=TokenPolicy)
     # Keys a grant or client authentication method reads that have no field of their own.
     options: Mapping[str, str] = field(default_factory=dict, repr=False)
+    dpop: bool = False  # sender-constrained tokens (RFC 9449): a key pair kept in the store
 
     @property
     def seed_id(self) -> str | None:
@@ -160,6 +161,8 @@ class CredentialConfig:
         }
         if own:
             parts["grant_keys"] = dict(sorted(own.items()))
+        if self.dpop:  # DPoP-bound tokens are useless without the key: never mixed with others
+            parts["dpop"] = True
         canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -544,6 +547,7 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
     }
     client_auth = c.choice("client_auth", tuple(CLIENT_AUTH_METHODS), "basic")
     params = c.string_map("params")
+    dpop = c.bool("dpop", False)
     method = CLIENT_AUTH_METHODS[client_auth]
     for key in method.required:
         if key in common and not common[key]:
@@ -571,6 +575,7 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
         params=params,
         policy=cred_policy,
         options=options,
+        dpop=dpop,
         **endpoints,
         **common,
         **own,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy_addon.demo.certs import Pki
+from proxy_addon.demo.dpop_check import DpopVerifier, ProofError
 from proxy_addon.demo.server import BackgroundServer, Request, Response
 from proxy_addon.tokens import fingerprint
 
@@ -21,7 +22,11 @@ __all__ = ["ApiServer"]
 
 def _bearer_token(header: str | None) -> str | None:
     scheme, _, token = (header or "").strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
+    return token.strip() if scheme.lower() in ("bearer", "dpop") else None
+
+
+def _scheme(header: str | None) -> str:
+    return (header or "").strip().partition(" ")[0].lower()
 
 
 class ApiServer(BackgroundServer):
@@ -44,6 +49,11 @@ class ApiServer(BackgroundServer):
         self.always_401 = False
         self.insufficient_scope = False
         self.required_scope = "demo.write"  # named in the insufficient_scope challenge
+        # Sender-constrained tokens: set these to the IdP's `cnf_of` (RFC 8705 certificate
+        # binding) and `dpop_jkt_of` (RFC 9449 key binding) to have them checked.
+        self.cnf_of: Callable[[str], str | None] | None = None
+        self.dpop_jkt_of: Callable[[str], str | None] | None = None
+        self.dpop = DpopVerifier()
 
     @property
     def requests_log(self) -> list[dict[str, Any]]:
@@ -65,6 +75,8 @@ class ApiServer(BackgroundServer):
         token_fp = fingerprint(token) if token is not None else None
         body_sha256 = hashlib.sha256(request.body).hexdigest()
         response = self._decide(authorizations, token)
+        if response is None and token is not None:
+            response = self._check_binding(request, _scheme(authorizations[0]), token)
         if response is None:
             response = Response.of_json(
                 200,
@@ -96,6 +108,35 @@ class ApiServer(BackgroundServer):
             self._changed.notify_all()
         return response
 
+    def _check_binding(self, request: Request, scheme: str, token: str) -> Response | None:
+        """A sender-constrained token needs its sender: the certificate it is bound to on
+        the connection (RFC 8705 §3), or a valid proof with its key (RFC 9449 §7)."""
+        from proxy_addon.demo.idp import x5t_s256
+
+        cnf = self.cnf_of(token) if self.cnf_of else None
+        if cnf is not None and (request.peer_cert is None or x5t_s256(request.peer_cert) != cnf):
+            return _challenge(401, "invalid_token", 'Bearer error="invalid_token", '
+                              'error_description="certificate binding"')  # fmt: skip
+        jkt = self.dpop_jkt_of(token) if self.dpop_jkt_of else None
+        if jkt is None and scheme == "bearer":
+            return None
+        if jkt is None or scheme != "dpop":
+            # §7.2: a DPoP-bound token sent as Bearer (or a Bearer token as DPoP) is refused.
+            return _challenge(401, "invalid_token", 'DPoP error="invalid_token"')
+        proofs = request.headers.get_all("DPoP") or []
+        url = f"https://{request.headers.get('Host', '')}{request.path.split('?')[0]}"
+        try:
+            if len(proofs) != 1:
+                raise ProofError("exactly one DPoP proof is required")
+            if self.dpop.verify(proofs[0], request.method, url, access_token=token) != jkt:
+                raise ProofError("the proof's key is not the token's")
+        except ProofError as e:
+            if e.use_nonce:
+                return _challenge(401, "use_dpop_nonce", 'DPoP error="use_dpop_nonce"',
+                                  {"DPoP-Nonce": self.dpop.nonce})  # fmt: skip
+            return _challenge(401, "invalid_dpop_proof", 'DPoP error="invalid_dpop_proof"')
+        return None
+
     def _decide(self, authorizations: list[str], token: str | None) -> Response | None:
         """The refusal for this request, or None when it is authorized."""
         if len(authorizations) > 1:
@@ -111,5 +152,9 @@ class ApiServer(BackgroundServer):
         return None
 
 
-def _challenge(status: int, error: str, www_authenticate: str) -> Response:
-    return Response.of_json(status, {"error": error}, {"WWW-Authenticate": www_authenticate})
+def _challenge(
+    status: int, error: str, www_authenticate: str, headers: dict[str, str] | None = None
+) -> Response:
+    return Response.of_json(
+        status, {"error": error}, {"WWW-Authenticate": www_authenticate, **(headers or {})}
+    )

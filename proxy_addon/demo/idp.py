@@ -28,6 +28,7 @@ from cryptography import x509
 
 from proxy_addon.demo import idp_pages as pages
 from proxy_addon.demo.certs import Pki
+from proxy_addon.demo.dpop_check import DpopVerifier, ProofError
 from proxy_addon.demo.idp_grants import (
     NO_STORE,
     WRONG_LOGIN,
@@ -183,6 +184,9 @@ class AuthServer(BackgroundServer):
         # subject DN), and the certificate each access token is bound to.
         self._tls_clients: dict[str, tuple[str | None, str | None]] = {}
         self._bound: dict[str, str] = {}
+        # RFC 9449: proofs at the token endpoint, and the key (jkt) each token is bound to.
+        self.dpop = DpopVerifier()
+        self._dpop_bound: dict[str, str] = {}
         # One lock for grants and counters; tests peek at `_access` under it.
         self._lock = self._grants.lock
         self._access = self._grants.access
@@ -336,6 +340,11 @@ class AuthServer(BackgroundServer):
         with self._lock:
             self._tls_clients[client_id] = (thumbprint, subject_dn)
 
+    def dpop_jkt_of(self, access_token: str) -> str | None:
+        """The thumbprint of the DPoP key this token is bound to (RFC 9449 §6), if any."""
+        with self._lock:
+            return self._dpop_bound.get(access_token)
+
     def cnf_of(self, access_token: str) -> str | None:
         """The `x5t#S256` of the certificate this token is bound to (RFC 8705 §3), if any."""
         with self._lock:
@@ -442,11 +451,33 @@ class AuthServer(BackgroundServer):
                 raise invalid_client("the TLS client certificate's subject is not this client's")
         return client_id
 
-    def _bind(self, issued: Issued, request: Request) -> None:
-        """RFC 8705 §3: a token asked for over mutual TLS is bound to that certificate."""
-        if request.peer_cert is not None:
-            with self._lock:
+    def _bind(self, issued: Issued, request: Request, jkt: str | None = None) -> Response:
+        """RFC 8705 §3: a token asked for over mutual TLS is bound to that certificate;
+        RFC 9449 §5: one asked for with a DPoP proof to the proof's key (token_type DPoP)."""
+        with self._lock:
+            if request.peer_cert is not None:
                 self._bound[issued.access] = x5t_s256(request.peer_cert)
+            if jkt is not None:
+                self._dpop_bound[issued.access] = jkt
+        ttl = self.access_token_ttl
+        return self._token_response(issued, ttl, "DPoP" if jkt else "Bearer")
+
+    def _dpop_proof(self, request: Request) -> str | None:
+        """The key thumbprint of the request's DPoP proof, None without one (RFC 9449 §5)."""
+        proofs = request.headers.get_all("DPoP") or []
+        if not proofs:
+            return None
+        if len(proofs) > 1:
+            raise OAuthError("invalid_dpop_proof", "more than one DPoP header")
+        url = self.url + urlsplit(request.path).path
+        try:
+            return self.dpop.verify(proofs[0], request.method, url)
+        except ProofError as e:
+            if e.use_nonce:
+                # §8: 400 use_dpop_nonce with the nonce to put in the next proof.
+                headers = {"DPoP-Nonce": self.dpop.nonce}
+                raise OAuthError("use_dpop_nonce", str(e), 400, headers) from None
+            raise OAuthError("invalid_dpop_proof", str(e)) from None
 
     def _audiences(self, request: Request) -> list[str]:
         # RFC 7523 §3: the token endpoint's URL, or the issuer identifier.
@@ -504,6 +535,7 @@ class AuthServer(BackgroundServer):
         if form.get("grant_type") == JWT_BEARER_GRANT:
             return self._jwt_bearer(form, request)
         client_id = self._client_of(form, request)
+        jkt = self._dpop_proof(request)  # before the grant: a refused proof spends no code
         grant_type = _required(form, "grant_type")
         handlers: dict[str, _GrantHandler] = {
             "client_credentials": self._client_credentials,
@@ -516,9 +548,7 @@ class AuthServer(BackgroundServer):
         if handler is None:
             raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is unsupported")
         ttl = self.access_token_ttl
-        issued = handler(client_id, form, ttl)
-        self._bind(issued, request)
-        return self._token_response(issued, ttl)
+        return self._bind(handler(client_id, form, ttl), request, jkt)
 
     def _client_credentials(self, client_id: str, form: dict[str, str], ttl: float) -> Issued:
         scope = normalize_scope(form.get("scope", ""))
@@ -553,15 +583,15 @@ class AuthServer(BackgroundServer):
             "Authorization"
         ):
             self._client_of(form, request)
+        jkt = self._dpop_proof(request)
         asserted = self.jwt.bearer(_required(form, "assertion"), self._audiences(request))
         scope = normalize_scope(form.get("scope") or str(asserted.claims.get("scope", "")))
         ttl = self.access_token_ttl
         issued = self._grants.bearer_grant(asserted.issuer, asserted.subject, scope, ttl)
-        self._bind(issued, request)
-        return self._token_response(issued, ttl)
+        return self._bind(issued, request, jkt)
 
-    def _token_response(self, issued: Issued, ttl: float) -> Response:
-        payload: dict[str, Any] = {"access_token": issued.access, "token_type": "Bearer"}
+    def _token_response(self, issued: Issued, ttl: float, token_type: str = "Bearer") -> Response:  # noqa: S107
+        payload: dict[str, Any] = {"access_token": issued.access, "token_type": token_type}
         if self.advertised_expires_in is not None:
             payload["expires_in"] = _json_number(self.advertised_expires_in)
         elif self.include_expires_in:

@@ -31,7 +31,13 @@ if TYPE_CHECKING:
     from ..config import CredentialConfig
     from ..tokens import Token
 
-__all__ = ["ConfigRules", "Grant", "GrantSpec", "SignIn", "resolve"]
+__all__ = ["ConfigRules", "Grant", "GrantSpec", "KeyFileError", "SignIn", "resolve"]
+
+
+class KeyFileError(ValueError):
+    """A key, certificate or service-account file that cannot be used; the message names the
+    config key and the file, and says what to do. (Here, not in `keys`, so that modules the
+    config imports can catch it without loading PyJWT.)"""
 
 
 class Grant(Protocol):

@@ -27,16 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote_plus
 
 from ..errors import GrantError
-from .base import resolve
-from .keys import (
-    KeyFileError,
-    algorithm_for,
-    cert_thumbprint,
-    check_tls_pair,
-    fresh_claims,
-    load_private_key,
-    sign,
-)
+from .base import KeyFileError, resolve
 
 if TYPE_CHECKING:
     from ..config import CredentialConfig
@@ -113,34 +104,42 @@ def _assertion(cfg: CredentialConfig, token: str) -> ClientAuthentication:
 
 def private_key_jwt(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
     """A JWT signed with the client's private key (OIDC Core §9 `private_key_jwt`)."""
-    key = load_private_key(
+    from . import keys  # PyJWT and cryptography load when a key is first used, not with config
+
+    key = keys.load_private_key(
         cfg.options["private_key_file"],
         key="private_key_file",
         passphrase=cfg.options.get("private_key_passphrase"),
     )
-    alg = algorithm_for(key, cfg.options.get("signing_alg"), key="private_key_file")
+    alg = keys.algorithm_for(key, cfg.options.get("signing_alg"), key="private_key_file")
     headers: dict[str, str] = {}
     if kid := cfg.options.get("key_id"):
         headers["kid"] = kid
     if cert := cfg.options.get("certificate_file"):
-        headers["x5t#S256"] = cert_thumbprint(cert, key="certificate_file")
+        headers["x5t#S256"] = keys.cert_thumbprint(cert, key="certificate_file")
     client_id = cfg.client_id or ""
-    claims = fresh_claims(client_id, client_id, _audience(cfg, endpoint), ASSERTION_LIFETIME)
-    return _assertion(cfg, sign(claims, key, alg, headers=headers))
+    claims = keys.fresh_claims(client_id, client_id, _audience(cfg, endpoint), ASSERTION_LIFETIME)
+    return _assertion(cfg, keys.sign(claims, key, alg, headers=headers))
 
 
 def client_secret_jwt(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
     """A JWT MACed with the client secret (OIDC Core §9 `client_secret_jwt`, HS256)."""
+    from . import keys
+
     client_id = cfg.client_id or ""
-    claims = fresh_claims(client_id, client_id, _audience(cfg, endpoint), ASSERTION_LIFETIME)
-    return _assertion(cfg, sign(claims, cfg.client_secret or "", "HS256"))
+    claims = keys.fresh_claims(client_id, client_id, _audience(cfg, endpoint), ASSERTION_LIFETIME)
+    return _assertion(cfg, keys.sign(claims, cfg.client_secret or "", "HS256"))
 
 
 def tls(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
     """Mutual TLS (RFC 8705 §2): the client's certificate proves it, its id goes in the body.
     `tls_client_auth` (a CA-issued certificate the IdP knows by subject) and
     `self_signed_tls_client_auth` (one it knows by its key) differ only at the IdP."""
-    cert = check_tls_pair(cfg.options["client_certificate_file"], cfg.options["client_key_file"])
+    from . import keys
+
+    cert = keys.check_tls_pair(
+        cfg.options["client_certificate_file"], cfg.options["client_key_file"]
+    )
     return ClientAuthentication(form={"client_id": cfg.client_id or ""}, cert=cert)
 
 

@@ -25,6 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
+from .base import KeyFileError
+
 __all__ = [
     "ALGORITHMS",
     "KeyFileError",
@@ -47,10 +49,6 @@ ALGORITHMS: dict[str, str] = {
     "EdDSA": "Ed25519",
 }
 MAX_KEY_FILE = 64 * 1024  # a PEM key or a service-account JSON is a few kB
-
-
-class KeyFileError(ValueError):
-    """A key or certificate file that cannot be used; the message says which and why."""
 
 
 def read_private_file(path: str, *, key: str) -> bytes:

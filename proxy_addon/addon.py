@@ -9,35 +9,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
-from mitmproxy.addons.clientplayback import ReplayHandler
 
-from proxy_addon import replies
+from proxy_addon import compat, replies
 from proxy_addon.audit import AuditLog, strip_query_values
 from proxy_addon.cache import CredentialCache, TokenUnavailable
+from proxy_addon.compat import Replayer
 from proxy_addon.config import ConfigError, load_config
 from proxy_addon.console import console_info
-from proxy_addon.guards import request_refusal, unsafe_options
+from proxy_addon.decision import decide
+from proxy_addon.guards import unsafe_options
 from proxy_addon.instrument import instrument
 from proxy_addon.metrics import Metrics
-from proxy_addon.redact import redacted_authorization, redacted_token, scrub_echoes
+from proxy_addon.redact import (
+    StreamScrubber,
+    redacted_authorization,
+    redacted_token,
+    scrub_echoes,
+    scrub_head,
+    scrub_message,
+)
 from proxy_addon.retry import retry_decision
 from proxy_addon.routes import Route
 from proxy_addon.runtime import Runtime
 from proxy_addon.status import CredentialView, describe
-from proxy_addon.statuspage import STATUS_HOST, status_response
+from proxy_addon.statuspage import status_response
 from proxy_addon.store import StoreError
 from proxy_addon.tokens import Token
 
-__all__ = ["AuthProxy"]
+__all__ = ["AuthProxy", "Injection", "Resend"]
 
 logger = logging.getLogger("authproxy")
 
@@ -45,22 +54,60 @@ META = "authproxy"  # flow.metadata key: non-secret facts only, since metadata i
 
 
 class Injection(NamedTuple):
-    # A NamedTuple, not a dataclass: dataclasses fail in a module mitmproxy loads by path.
+    """What the proxy did to one flow. A NamedTuple, not a dataclass: dataclasses fail in a
+    module mitmproxy loads by path."""
+
     route: Route
     cache: CredentialCache
     token: Token
+    attempt: int  # 1: the client's request; 2: the proxy's re-send after a 401
     request_streamed: bool
     refreshed: bool  # this request waited for a new token
+    upgrade: bool  # a protocol upgrade (WebSocket): never re-sent
+
+
+class Resend(NamedTuple):
+    """A copy of a flow the proxy sends itself: a 401 retry, or a web UI replay."""
+
+    kind: Literal["retry", "replay"]
+    of: str  # the original flow's id
+    attempt: int
+
+
+def _fail_closed[F: Callable[..., Any]](hook: F) -> F:
+    """Hooks never raise into mitmproxy: an unexpected error is logged, and a flow that has
+    not been answered yet gets a 502 instead of going on (or hanging)."""
+
+    @functools.wraps(hook)
+    async def guarded(self: AuthProxy, flow: http.HTTPFlow, *args: Any) -> None:
+        try:
+            await hook(self, flow, *args)
+        except Exception:
+            logger.exception("authproxy: %s failed on %s %s", hook.__name__,
+                             flow.request.method, flow.request.host)  # fmt: skip
+            self._fail(flow)
+
+    return guarded  # type: ignore[return-value]
 
 
 class AuthProxy:
-    def __init__(self) -> None:
+    def __init__(self, replay: Replayer = compat.replay) -> None:
         self.runtime: Runtime | None = None
         # Flows carrying a live token, so every exit path (response, error, shutdown) can
         # redact it. Weak: a flow that is gone holds nothing.
         self._injected: weakref.WeakKeyDictionary[http.HTTPFlow, Injection] = (
             weakref.WeakKeyDictionary()
         )
+        # Upgraded flows that got a token, kept after redaction: their WebSocket messages are
+        # still scrubbed of it.
+        self._sent: weakref.WeakKeyDictionary[http.HTTPFlow, Injection] = (
+            weakref.WeakKeyDictionary()
+        )
+        # The proxy's own copies, so their hooks know what they are (never string metadata).
+        self._resends: weakref.WeakKeyDictionary[http.HTTPFlow, Resend] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.replay = replay  # the seam: mitmproxy's ReplayHandler, guarded; a fake in tests
         self.metrics = Metrics()
         self.audit: AuditLog | None = None
         # Called with each flow once its token is redacted (the web UI adds it to its view then).
@@ -71,6 +118,8 @@ class AuthProxy:
     # --- options ----------------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
+        compat.mark_request_forms()  # the status page answers only absolute-form requests
+        self._guard_view()
         loader.add_option(
             "authproxy_config", str | None, None, "Path of the authproxy YAML configuration."
         )
@@ -141,6 +190,18 @@ class AuthProxy:
 
     # --- connections ------------------------------------------------------------------------
 
+    def running(self) -> None:
+        self._guard_view()
+
+    def _guard_view(self) -> None:
+        """Under a master with a flow view (mitmweb, mitmproxy's console, `authproxy run
+        --web`), keep flows out of the view while they carry a live token: the view pushes every
+        change of a flow to its UI."""
+        master = getattr(ctx, "master", None)
+        view = master.addons.get("view") if master is not None else None
+        if view is not None and self.on_redacted is None:
+            self.on_redacted, self.visible = compat.hide_in_flight(view, self.carries_token)
+
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         """Intercept TLS only where a route may apply; pass everything else through untouched."""
         rt = self.runtime
@@ -150,36 +211,43 @@ class AuthProxy:
         if address is None or not rt.config.routes.intercepts(address[0], address[1]):
             data.ignore_connection = True
 
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        _forget_proxy_password(flow)
+
     # --- requests ---------------------------------------------------------------------------
 
+    @_fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Headers may go upstream right after this hook when the body is streamed, so the token
         # goes in here, not in `request`.
+        _forget_proxy_password(flow)
         rt = self.runtime
         if rt is None or flow.response or flow.error:
             return
-        req = flow.request
-        if req.host == STATUS_HOST and req.scheme == "http":
-            self._answer(flow, await self._status(req.path))
+        resend = self._resends.get(flow)
+        decision = decide(flow, rt.config.routes, resent=resend is not None)
+        if decision.action == "status":
+            self._answer(flow, await self._status(flow.request.path))
             return
-        route = rt.config.routes.match(req.scheme, req.host, req.port, req.path)
+        if decision.action == "refuse":
+            assert decision.answer is not None
+            self._refuse(flow, decision.route, decision.answer)
+            return
+        route = decision.route
         if route is None:
-            if req.scheme == "http" and (
-                refused := rt.config.routes.https_only_match(req.host, req.path)
-            ):
-                self._refuse(flow, refused, replies.plain_http_refused(refused))
             return
-        if refusal := request_refusal(flow, route):
-            self._refuse(flow, route, refusal)
+        if not (flow.request.is_http2 or flow.request.is_http3):
+            # The request line goes upstream in origin form: a server that routes by an
+            # absolute-form target (RFC 9112 3.2.2) must see nothing but the routed host.
+            flow.request.authority = ""
+        if decision.action == "pass":
             return
-        retry_of = flow.metadata.get(META, {}).get("retry_of")
-        if "authorization" in req.headers and retry_of is None:
-            if route.existing_authorization == "keep":
-                return
-            if route.existing_authorization == "reject":
-                self._refuse(flow, route, replies.authorization_present(route))
-                return
-        cache = rt.caches[route.credential]
+        await self._inject(flow, route, resend)
+
+    async def _inject(self, flow: http.HTTPFlow, route: Route, resend: Resend | None) -> None:
+        req = flow.request
+        assert self.runtime is not None
+        cache = self.runtime.caches[route.credential]
         refreshes = cache.refreshes
         try:
             token = await cache.token()
@@ -194,33 +262,81 @@ class AuthProxy:
             unexpected = TokenUnavailable(route.credential, "internal_error", "see the proxy log")
             self._refuse(flow, route, replies.token_unavailable(unexpected))
             return
-        if retry_of is None and self.visible is not None and self.visible(flow):
+        if resend is None and self.visible is not None and self.visible(flow):
             # A flow the web UI already shows (replayed from it): the live token goes into an
             # unseen copy, and this flow only gets the copy's answer.
-            flow.response = await self._send_copy(flow, route, {"replay_of": flow.id})
+            flow.response = await self._send_copy(flow, route, Resend("replay", flow.id, 1))
             return
+        attempt = resend.attempt if resend is not None else 1
         req.headers["authorization"] = f"{token.token_type} {token.access_token}"
-        self._injected[flow] = Injection(
-            route, cache, token, request_streamed=bool(req.stream),
+        inj = Injection(
+            route, cache, token, attempt=attempt,
+            request_streamed=bool(req.stream) and attempt == 1,
             refreshed=cache.refreshes != refreshes,
+            upgrade="upgrade" in req.headers,
         )  # fmt: skip
+        self._injected[flow] = inj
+        if inj.upgrade:  # kept for its WebSocket messages, which are scrubbed too
+            self._sent[flow] = inj
         self.metrics.inc("injected", route.credential)
         flow.metadata[META] = {"credential": route.credential, "route": route.index}
-        if retry_of is not None:
-            flow.metadata[META]["retry_of"] = retry_of
+        if resend is not None:
+            flow.metadata[META][f"{resend.kind}_of"] = resend.of
 
     def _answer(self, flow: http.HTTPFlow, response: http.Response) -> None:
-        # A response set here is sent once the body is read; a streamed body would already be
-        # on its way upstream (without a token), so stop streaming it.
-        flow.request.stream = False
+        """Answer the client instead of forwarding. A streamed body would already be on its way
+        upstream (without a token), and mitmproxy cannot answer a request whose body it
+        streams, nor one whose body grows past stream_large_bodies while it waits: such a
+        request is killed (the client sees the connection close) rather than left hanging."""
+        req = flow.request
+        if req.stream or self._body_may_stream(req):
+            logger.warning("%s %s: answered %d %s; its body is streamed, so the connection is "
+                           "closed instead", req.method, req.host, response.status_code,
+                           response.headers.get(replies.ERROR_HEADER, ""))  # fmt: skip
+            req.stream = False
+            flow.response = response
+            flow.kill()
+            return
         flow.response = response
 
-    def _refuse(self, flow: http.HTTPFlow, route: Route, response: http.Response) -> None:
-        if response.status_code != 502:
+    @staticmethod
+    def _body_may_stream(req: http.Request) -> bool:
+        from mitmproxy.utils import human
+
+        limit = human.parse_size(getattr(ctx.options, "stream_large_bodies", None))
+        if limit is None:
+            return False
+        if "chunked" in req.headers.get("transfer-encoding", "").lower():
+            return True
+        try:
+            return int(req.headers.get("content-length", "0")) > limit
+        except ValueError:
+            return True
+
+    def _refuse(self, flow: http.HTTPFlow, route: Route | None, response: http.Response) -> None:
+        if response.status_code != 502 and route is not None:
             self.metrics.inc("refused", route.credential)
         self._answer(flow, response)
         flow.metadata.setdefault(META, {})["error"] = response.headers.get(replies.ERROR_HEADER)
-        self._audit(flow, route)
+        if route is not None:
+            self._audit(flow, route)
+
+    def _fail(self, flow: http.HTTPFlow) -> None:
+        """The last resort of a hook that failed: redact, and answer 502 if nothing was sent."""
+        inj = self._injected.get(flow)
+        try:
+            self._redact(flow)
+        except Exception:
+            logger.exception("authproxy: redacting failed")
+            flow.request.headers.pop("authorization", None)
+            self._injected.pop(flow, None)
+        if flow.live and not flow.error:
+            answer = replies.internal_error(inj.route.credential if inj else None)
+            if flow.response is None:
+                self._answer(flow, answer)
+            else:
+                flow.response = answer
+            flow.metadata.setdefault(META, {})["error"] = "internal_error"
 
     async def _status(self, path: str) -> http.Response:
         views = await self.credential_views()
@@ -266,75 +382,159 @@ class AuthProxy:
             for v in views
         ]
 
+    @_fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        _forget_proxy_password(flow)
+
     # --- responses --------------------------------------------------------------------------
 
+    @_fail_closed
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """A streamed answer leaves right after this hook: scrub its head now, and its body
+        as it passes."""
+        _forget_proxy_password(flow)
+        inj = self._injected.get(flow)
+        resp = flow.response
+        if inj is None or resp is None:
+            return
+        resp.headers.pop(replies.ERROR_HEADER, None)  # only the proxy speaks with this header
+        secret, mark = inj.token.access_token, redacted_token(inj.route.credential, inj.token)
+        scrub_head(resp, secret, mark)
+        if not (resp.stream or self._body_may_stream_response(resp)):
+            return
+        if resp.headers.get("content-encoding", "").strip(" ,").lower() in ("", "identity"):
+            resp.stream = StreamScrubber(secret, mark)
+            return
+        # An encoded stream cannot be checked chunk by chunk: withhold it.
+        logger.warning("%s %s: streamed answer with Content-Encoding %r withheld: it cannot be "
+                       "checked for an echoed token", flow.request.method, flow.request.host,
+                       resp.headers.get("content-encoding"))  # fmt: skip
+        answer = replies.unscannable_response(inj.route)
+        resp.status_code, resp.reason = answer.status_code, answer.reason
+        resp.headers = answer.headers
+        resp.stream = _Withhold(answer.raw_content or b"")
+        flow.metadata.setdefault(META, {})["error"] = "unscannable_response"
+
+    @staticmethod
+    def _body_may_stream_response(resp: http.Response) -> bool:
+        """mitmproxy may switch to streaming late, once an answer of unknown length grows past
+        stream_large_bodies, and then no hook runs before the body leaves: stream such
+        answers through the scrubber from the start."""
+        from mitmproxy.utils import human
+
+        if human.parse_size(getattr(ctx.options, "stream_large_bodies", None)) is None:
+            return False
+        return "content-length" not in resp.headers
+
+    @_fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
+        _forget_proxy_password(flow)
         inj = self._injected.get(flow)
         if inj is None or flow.response is None:
             return
-        # Only the proxy speaks with this header; an API's would be taken for ours.
-        flow.response.headers.pop(replies.ERROR_HEADER, None)
-        scrub_echoes(flow.response, inj.token, redacted_token(inj.route.credential, inj.token))
         try:
-            retry, why = retry_decision(
-                status=flow.response.status_code,
-                www_authenticate=flow.response.headers.get("www-authenticate"),
-                already_retried="retry_of" in flow.metadata.get(META, {}),
-                refreshable=inj.cache.grant.refreshable,
-                request_streamed=inj.request_streamed,
-                response_streamed=bool(flow.response.stream),
-            )
-            if flow.response.status_code == 401:
-                logger.info(
-                    "%s %s%s answered 401 (credential %s): %s",
-                    flow.request.method,
-                    flow.request.host,
-                    flow.request.path.split("?")[0],
-                    inj.route.credential,
-                    "retrying once" if retry else f"not retried, {why}",
-                )
-            if retry:
-                await self._retry(flow, inj)
+            await self._answered(flow, inj)
         finally:
             self._redact(flow)
-            if "retry_of" not in flow.metadata.get(META, {}):
+            if inj.attempt == 1:
                 self._audit(flow, inj.route, refreshed=inj.refreshed)
 
-    async def _retry(self, flow: http.HTTPFlow, inj: Injection) -> None:
-        try:
-            await inj.cache.replace_rejected(inj.token)
-        except TokenUnavailable as e:
-            self.metrics.inc("token_failures", inj.route.credential)
-            flow.response = replies.token_unavailable(e, self._secrets())
-            flow.metadata[META]["error"] = "token_unavailable"
+    async def _answered(self, flow: http.HTTPFlow, inj: Injection) -> None:
+        resp = flow.response
+        assert resp is not None
+        if not resp.stream:  # a streamed answer's head was handled in responseheaders
+            resp.headers.pop(replies.ERROR_HEADER, None)  # only the proxy speaks with it
+        if not scrub_echoes(resp, inj.token, redacted_token(inj.route.credential, inj.token)):
+            logger.warning("%s %s: answer with Content-Encoding %r withheld: it cannot be "
+                           "checked for an echoed token", flow.request.method, flow.request.host,
+                           resp.headers.get("content-encoding"))  # fmt: skip
+            flow.response = replies.unscannable_response(inj.route)
+            flow.metadata.setdefault(META, {})["error"] = "unscannable_response"
             return
-        self.metrics.inc("retried", inj.route.credential)
-        flow.metadata[META]["retried"] = True
-        flow.response = await self._send_copy(flow, inj.route, {"retry_of": flow.id})
+        retry, refresh, why = self._retry_plan(inj, resp)
+        if resp.status_code == 401:
+            logger.info(
+                "%s %s%s answered 401 (credential %s): %s",
+                flow.request.method,
+                flow.request.host,
+                flow.request.path.split("?")[0],
+                inj.route.credential,
+                "retrying once" if retry else f"not retried, {why}",
+            )
+        if refresh:
+            try:
+                await inj.cache.replace_rejected(inj.token)
+            except TokenUnavailable as e:
+                self.metrics.inc("token_failures", inj.route.credential)
+                if retry:
+                    flow.response = replies.token_unavailable(e, self._secrets())
+                    flow.metadata.setdefault(META, {})["error"] = "token_unavailable"
+                return
+        if retry:
+            self.metrics.inc("retried", inj.route.credential)
+            flow.metadata.setdefault(META, {})["retried"] = True
+            flow.response = await self._send_copy(
+                flow, inj.route, Resend("retry", flow.id, inj.attempt + 1)
+            )
 
-    async def _send_copy(
-        self, flow: http.HTTPFlow, route: Route, marker: dict[str, str]
-    ) -> http.Response:
+    @staticmethod
+    def _retry_plan(inj: Injection, resp: http.Response) -> tuple[bool, bool, str]:
+        """The retry-once rule, in one place: (re-send?, get a new token?, why). A 401 earns
+        one new token and one re-send of the client's request; an upgrade (WebSocket) gets the
+        new token for its next handshake but is not re-sent (its 401 goes back)."""
+        retry, why = retry_decision(
+            status=resp.status_code,
+            www_authenticate=resp.headers.get("www-authenticate"),
+            already_retried=inj.attempt > 1,
+            refreshable=inj.cache.grant.refreshable,
+            request_streamed=inj.request_streamed,
+            response_streamed=bool(resp.stream),
+        )
+        if retry and inj.upgrade:
+            return False, True, "an upgrade is not re-sent; the next handshake gets a new token"
+        return retry, retry, why
+
+    async def _send_copy(self, flow: http.HTTPFlow, route: Route, resend: Resend) -> http.Response:
         """Send a copy of the request through mitmproxy's own upstream machinery (connection,
         TLS, certificate checks) and return its answer. The copy runs through every addon
-        again, ours included, which injects the current token into it."""
+        again, ours included, which injects the current token into it. The copy shares the
+        original's body (bytes are never copied)."""
         copy = flow.copy()
         copy.is_replay = "request"
         copy.response = None
         copy.error = None
         copy.request.headers.pop("authorization", None)  # never carry an old token along
-        copy.metadata[META] = {**flow.metadata.get(META, {}), **marker}
-        copy.metadata[META].pop("retried", None)
-        await ReplayHandler(copy, ctx.options).replay()
+        copy.metadata.pop(META, None)
+        self._resends[copy] = resend
+        try:
+            await self.replay(copy)
+        except Exception:  # the seam promises not to raise; fail closed if one does
+            logger.exception("re-sending %s %s failed", flow.request.method, flow.request.host)
+        finally:
+            if copy in self._injected:  # never left holding a live token
+                self._redact(copy)
         if copy.response is not None:
             return copy.response
         return replies.retry_failed(route, copy.error.msg if copy.error else "no response")
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    @_fail_closed
+    async def error(self, flow: http.HTTPFlow) -> None:
+        _forget_proxy_password(flow)
         inj = self._injected.get(flow)
         self._redact(flow)
-        if inj is not None and "retry_of" not in flow.metadata.get(META, {}):
+        if inj is not None and inj.attempt == 1:
             self._audit(flow, inj.route, refreshed=inj.refreshed)
+
+    @_fail_closed
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """An API that echoes the token over a WebSocket: scrub what the server sends."""
+        inj = self._sent.get(flow)
+        if inj is None or flow.websocket is None or not flow.websocket.messages:
+            return
+        message = flow.websocket.messages[-1]
+        if not message.from_client:
+            mark = redacted_token(inj.route.credential, inj.token)
+            message.content = scrub_message(message.content, inj.token.access_token, mark)
 
     def _redact(self, flow: http.HTTPFlow) -> None:
         inj = self._injected.pop(flow, None)
@@ -365,6 +565,23 @@ class AuthProxy:
             retried=retried,
             duration_ms=round((end - req.timestamp_start) * 1000, 1),
         )
+
+
+class _Withhold:
+    """A `response.stream` callable that drops the upstream body and sends `body` instead."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body: bytes | None = body
+
+    def __call__(self, chunk: bytes) -> bytes:
+        out, self._body = self._body or b"", None
+        return out
+
+
+def _forget_proxy_password(flow: http.HTTPFlow) -> None:
+    """mitmproxy's proxyauth keeps (user, password) in the flow's metadata, which flow files
+    and the web UI carry: drop it as soon as proxyauth is done with it."""
+    flow.metadata.pop("proxyauth", None)
 
 
 addons = [AuthProxy()]

@@ -408,6 +408,16 @@ def parse_config(
             f"{listen_host!r} is reachable from other machines; set proxy_auth: 'user:password' "
             "to require proxy authentication, or listen on 127.0.0.1",
         )
+    if proxy_auth is not None:
+        user, _, password = proxy_auth.partition(":")
+        if not user or not password:
+            raise top.error("proxy_auth", "expected 'user:password' with both parts non-empty")
+        if not is_loopback(listen_host) and len(password) < MIN_PROXY_PASSWORD:
+            raise top.error(
+                "proxy_auth",
+                f"the password is shorter than {MIN_PROXY_PASSWORD} characters, too weak for a "
+                f"proxy reachable from other machines ({listen_host!r}); use a longer one",
+            )
     ca_certs = tuple(resolve(p) for p in top.words("ca_certs"))
     for i, p in enumerate(ca_certs):
         if not p.is_file():
@@ -442,6 +452,10 @@ def _path_resolver(base_dir: Path | None) -> Callable[[str], Path]:
         return p if p.is_absolute() or base_dir is None else base_dir / p
 
     return resolve
+
+
+# Shortest proxy password accepted on a listener other machines can reach.
+MIN_PROXY_PASSWORD = 12
 
 
 def is_loopback(host: str) -> bool:

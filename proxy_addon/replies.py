@@ -89,3 +89,31 @@ def retry_failed(route: Route, reason: str) -> http.Response:
 
 def refusal(status: int, code: str, route: Route, message: str) -> http.Response:
     return _reply(status, code, {"credential": route.credential, "message": message})
+
+
+def unscannable_response(route: Route) -> http.Response:
+    return _reply(
+        502,
+        "unscannable_response",
+        {
+            "credential": route.credential,
+            "message": "the API's answer uses a Content-Encoding the proxy cannot decode, so it "
+            "cannot be checked for an echoed token; it was withheld",
+        },
+    )
+
+
+def internal_error(credential: str | None = None) -> http.Response:
+    body: dict[str, Any] = {"message": "the proxy failed on this request; see its log"}
+    if credential is not None:
+        body["credential"] = credential
+    return _reply(502, "internal_error", body)
+
+
+def not_addressed_to_proxy() -> http.Response:
+    return _reply(
+        421,
+        "misdirected_request",
+        {"message": "the status page answers only requests sent to the proxy as a proxy "
+                    "(curl --proxy http://HOST:PORT http://authproxy.local/)"},
+    )  # fmt: skip

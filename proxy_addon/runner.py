@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mitmproxy import addons, exceptions, http, master, options
+from mitmproxy import addons, exceptions, master, options
 from mitmproxy.addons import dumper, errorcheck, termlog
 
+from . import compat
 from .addon import AuthProxy
 from .config import Config
 
@@ -95,30 +96,18 @@ def _dump_master(opts: options.Options, authproxy: AuthProxy, quiet: bool) -> ma
 
 
 def _place(m: master.Master, authproxy: AuthProxy) -> None:
-    """Right after proxy authentication (no token work for clients that fail it), and before
-    everything that saves, shows or rewrites flows (save, savehar, dumper, map_remote, ...)."""
-    m.addons.add(authproxy)
-    chain = m.addons.chain
-    chain.remove(authproxy)
-    chain.insert(chain.index(m.addons.get("proxyauth")) + 1, authproxy)
+    """Right after proxy authentication, before everything that saves, shows or rewrites flows."""
+    compat.place_after_proxyauth(m, authproxy)
 
 
 def _web_master(opts: options.Options, authproxy: AuthProxy) -> master.Master:
-    """mitmweb, with flows kept out of the UI's view while they carry a live token (mitmweb
-    pushes every change of a flow in its view to the browser, so an in-flight request would
-    show its token). Replays started from the UI send an unseen copy (AuthProxy.visible)."""
+    """mitmweb. The addon keeps flows out of the UI's view while they carry a live token
+    (compat.hide_in_flight, applied when it loads into any master with a view), and replays
+    started from the UI send an unseen copy (AuthProxy.visible)."""
     from mitmproxy.tools.web.master import WebMaster
 
     m = WebMaster(opts, with_termlog=True)
     _place(m, authproxy)
-    view = m.view
-    add_to_view = view.requestheaders
-
-    def requestheaders(flow: http.HTTPFlow) -> None:
-        if not authproxy.carries_token(flow):
-            add_to_view(flow)
-
-    view.requestheaders = requestheaders  # type: ignore[method-assign]
-    authproxy.on_redacted = lambda flow: view.add([flow])
-    authproxy.visible = lambda flow: view.get_by_id(flow.id) is not None
+    if authproxy.on_redacted is None:  # the addon found no view: never show live tokens
+        raise StartupError("mitmweb has no flow view to protect; this mitmproxy is unsupported")
     return m

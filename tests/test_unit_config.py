@@ -164,14 +164,14 @@ def test_repr_hides_secrets() -> None:
     cfg = parse(
         {
             "listen": "0.0.0.0:8080",
-            "proxy_auth": "ops:pr0xy-pw",
+            "proxy_auth": "ops:pr0xy-pw-long",
             "credentials": {"billing": cc(), "legacy": {"grant": "static", "token": "${LEGACY}"}},
         }
     )
     text = repr(cfg)
     for secret in ("s3cret", "legacy-token", "pr0xy-pw"):
         assert secret not in text
-    assert sorted(cfg.secrets()) == ["legacy-token", "ops:pr0xy-pw", "s3cret"]
+    assert sorted(cfg.secrets()) == ["legacy-token", "ops:pr0xy-pw-long", "s3cret"]
 
 
 # --- environment expansion -----------------------------------------------------------------------
@@ -494,8 +494,8 @@ def test_non_loopback_listen_needs_proxy_auth(listen: str, host: str) -> None:
     [("0.0.0.0:8080", "0.0.0.0", 8080), ("[::]:3128", "::", 3128)],
 )
 def test_non_loopback_listen_with_proxy_auth(listen: str, host: str, port: int) -> None:
-    cfg = parse({"listen": listen, "proxy_auth": "ops:${PW}"}, {"PW": "pw"})
-    assert cfg.proxy_auth == "ops:pw"
+    cfg = parse({"listen": listen, "proxy_auth": "ops:${PW}"}, {"PW": "pw-" + "x" * 10})
+    assert cfg.proxy_auth == "ops:pw-" + "x" * 10
     assert (cfg.listen_host, cfg.listen_port) == (host, port)
 
 

@@ -348,6 +348,7 @@ def test_addon_answers_the_console_with_its_routes_and_no_secret(tmp_path: Path)
             for path in ("/", "/status.json", "/metrics"):
                 f = tflow.tflow(req=tutils.treq(host="authproxy.local", port=80, scheme=b"http",
                                                 path=path.encode()))  # fmt: skip
+                f.request.authority = "authproxy.local"  # asked of the proxy, in absolute form
                 await addon.requestheaders(f)
                 assert f.response is not None and f.response.status_code == 200
                 texts.append(f.response.text)

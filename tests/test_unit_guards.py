@@ -66,11 +66,11 @@ def _opts(**over: object) -> SimpleNamespace:
     [
         ({}, None),
         ({"listen_host": ""}, "listening on all interfaces"),
-        ({"listen_host": "0.0.0.0", "proxyauth": "u:p"}, None),
+        ({"listen_host": "0.0.0.0", "proxyauth": "u:" + "p" * 12}, None),
         ({"listen_host": "0.0.0.0", "proxyauth": "any"}, "listening on 0.0.0.0"),
         ({"mode": ["regular@0.0.0.0:8080"]}, "listening on 0.0.0.0"),
         ({"mode": ["socks5@127.0.0.1:1080"]}, None),
-        ({"web_host": "0.0.0.0", "proxyauth": "u:p"}, "the web UI can replay"),
+        ({"web_host": "0.0.0.0", "proxyauth": "u:" + "p" * 12}, "the web UI can replay"),
         ({"map_remote": ["|a|b"]}, "map_remote"),
         ({"stickyauth": "."}, "stickyauth"),
     ],

@@ -1,0 +1,145 @@
+"""Every use of mitmproxy internals, in one place.
+
+mitmproxy has no public API for these; each is pinned by a test in `tests/test_compat.py` that
+fails loudly (naming the function here) when an upgrade changes what it relies on:
+
+- `replay`: send a flow upstream and wait for its answer (`ReplayHandler`, as ClientPlayback).
+- `place_after_proxyauth`: put an addon right after proxy authentication in the hook chain.
+- `hide_in_flight`: keep flows that carry a live token out of a flow view (mitmweb, console).
+- `mark_request_forms`/`absolute_form`: remember which HTTP/1 requests named their target in
+  absolute form, which mitmproxy forgets before the first hook.
+
+Nothing here runs at import time; the addon applies what it needs when it is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from mitmproxy import flow as mflow
+from mitmproxy import http
+
+__all__ = [
+    "Replayer",
+    "absolute_form",
+    "hide_in_flight",
+    "mark_request_forms",
+    "place_after_proxyauth",
+    "replay",
+]
+
+logger = logging.getLogger("authproxy")
+
+
+# --- replay ----------------------------------------------------------------------------------
+
+
+class Replayer(Protocol):
+    """Sends `flow.request` upstream and returns once `flow.response` or `flow.error` is set.
+    Never raises: a failure becomes `flow.error`."""
+
+    async def __call__(self, flow: http.HTTPFlow) -> None: ...
+
+
+async def replay(flow: http.HTTPFlow) -> None:
+    """mitmproxy's own upstream machinery (connection, TLS, certificate checks), as its
+    ClientPlayback uses it, with the same guard: an exception is logged and becomes an error."""
+    from mitmproxy import ctx
+    from mitmproxy.addons.clientplayback import ReplayHandler
+
+    try:
+        await ReplayHandler(flow, ctx.options).replay()
+    except Exception as e:  # mitmproxy's ClientPlayback guards the same call the same way
+        logger.exception("re-sending %s %s failed", flow.request.method, flow.request.host)
+        if flow.error is None:
+            flow.error = mflow.Error(f"re-sending failed: {type(e).__name__}")
+    if flow.response is None and flow.error is None:
+        flow.error = mflow.Error("re-sending gave no answer")
+
+
+# --- addon chain -----------------------------------------------------------------------------
+
+
+def place_after_proxyauth(master: Any, addon: object) -> None:
+    """Right after proxy authentication (no token work for clients that fail it), and before
+    everything that saves, shows or rewrites flows (save, savehar, dumper, map_remote, view)."""
+    master.addons.add(addon)
+    chain = master.addons.chain
+    chain.remove(addon)
+    proxyauth = master.addons.get("proxyauth")
+    if proxyauth is None or proxyauth not in chain:
+        raise RuntimeError("mitmproxy has no proxyauth addon in its chain: compat.place_after_"
+                           "proxyauth needs updating for this mitmproxy version")  # fmt: skip
+    chain.insert(chain.index(proxyauth) + 1, addon)
+
+
+# --- flow views ------------------------------------------------------------------------------
+
+_HIDDEN = "_authproxy_hides_in_flight"
+
+
+def hide_in_flight(
+    view: Any,
+    carries_token: Callable[[http.HTTPFlow], bool],
+) -> tuple[Callable[[http.HTTPFlow], None], Callable[[http.HTTPFlow], bool]]:
+    """Keep flows that carry a live token out of `view` (mitmproxy's View addon, which mitmweb
+    and the console push to their UI on every change of a flow it holds).
+
+    Returns (show, visible): `show(flow)` adds a flow once its token is redacted; `visible(flow)`
+    says whether the view holds the flow already (then a token must go into an unseen copy).
+    Applying it twice is harmless."""
+    for name in ("requestheaders", "add", "get_by_id"):
+        if not callable(getattr(view, name, None)):
+            raise RuntimeError(f"mitmproxy's View has no {name}(): compat.hide_in_flight "
+                               "needs updating for this mitmproxy version")  # fmt: skip
+    if not getattr(view, _HIDDEN, False):
+        add_to_view = view.requestheaders
+
+        def requestheaders(flow: http.HTTPFlow) -> None:
+            if not carries_token(flow):
+                add_to_view(flow)
+
+        view.requestheaders = requestheaders
+        setattr(view, _HIDDEN, True)
+
+    def show(flow: http.HTTPFlow) -> None:
+        view.add([flow])
+
+    def visible(flow: http.HTTPFlow) -> bool:
+        return view.get_by_id(flow.id) is not None
+
+    return show, visible
+
+
+# --- request-line form -----------------------------------------------------------------------
+
+# Requests whose HTTP/1 request line was in absolute form (`GET http://host/ HTTP/1.1`). In
+# regular mode mitmproxy turns such a target into origin form before any hook runs, so an addon
+# cannot tell it from `GET /` with a Host header sent straight to the listen port.
+_absolute: weakref.WeakSet[http.Request] = weakref.WeakSet()
+
+
+def mark_request_forms() -> None:
+    """Wrap mitmproxy's HTTP/1 request-head parser to note absolute-form targets. Idempotent."""
+    from mitmproxy.net.http import http1
+
+    parse = http1.read_request_head
+    if getattr(parse, "_authproxy", False):
+        return
+
+    def read_request_head(lines: list[bytes]) -> http.Request:
+        request = parse(lines)
+        if request.authority and request.method != "CONNECT":
+            _absolute.add(request)
+        return request
+
+    read_request_head._authproxy = True  # type: ignore[attr-defined]
+    http1.read_request_head = read_request_head  # type: ignore[assignment]
+
+
+def absolute_form(request: http.Request) -> bool:
+    """Whether the client named the target in its request line (a request *to a proxy*)."""
+    return request in _absolute or bool(request.authority)

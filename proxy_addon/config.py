@@ -24,6 +24,7 @@ import yaml
 from .grants.base import ConfigRules
 from .grants.client_auth import METHODS as CLIENT_AUTH_METHODS
 from .grants.registry import GRANTS as GRANT_SPECS
+from .present import BEARER, parse_present
 from .providers import PRESETS
 from .routes import Route, RouteTable, normalize_host
 from .tokens import fingerprint
@@ -668,6 +669,14 @@ def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> 
             raise r.error("path", f"expected a path prefix starting with '/', got {path!r}")
         existing = r.choice("existing_authorization", EXISTING_AUTH, "replace")
         allow_cross_site = r.bool("allow_cross_site", False)
+        try:
+            present = parse_present(r.raw("present"))
+        except ValueError as e:
+            raise r.error("present", str(e)) from None
+        if credentials[cred].dpop and present != BEARER:
+            raise r.error(
+                "present", f"credential {cred!r} uses DPoP, whose tokens go in Authorization"
+            )
         r.done()
         routes.append(
             Route(
@@ -679,6 +688,7 @@ def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> 
                 path=path,
                 existing_authorization=existing,  # type: ignore[arg-type]
                 allow_cross_site=allow_cross_site,
+                present=present,
             )
         )
     return RouteTable(tuple(routes))

@@ -35,6 +35,7 @@ __all__ = [
     "nonce_asked",
     "origin",
     "proof",
+    "resource_proof",
 ]
 
 _USE_NONCE = re.compile(r'error\s*=\s*"?use_dpop_nonce"?', re.IGNORECASE)
@@ -122,6 +123,17 @@ def proof(
         claims["nonce"] = nonce
     headers = {"typ": "dpop+jwt", "jwk": dict(key.jwk)}
     return jwt.encode(claims, key.private_key, algorithm="ES256", headers=headers)
+
+
+def resource_proof(
+    grant: object, token_type: str, access_token: str, method: str, url: str, nonces: NonceCache
+) -> str | None:
+    """The DPoP header for a routed request, or None when the token is not DPoP-bound (or the
+    grant holds no key: an IdP that answered `Bearer` to a DPoP request)."""
+    key = getattr(getattr(grant, "wrapped", grant), "dpop_key", None)
+    if key is None or token_type.lower() != "dpop":
+        return None
+    return proof(key, method, url, access_token=access_token, nonce=nonces.get(url))
 
 
 def nonce_asked(status: int, headers: Mapping[str, str], body: bytes = b"") -> str | None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from .tokens import Token
 
-__all__ = ["BEARER", "Presentation", "apply", "parse_present", "redact"]
+__all__ = ["BEARER", "REDACTED_PROOF", "Presentation", "apply", "parse_present", "redact", "strip"]
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 token
 # Headers whose meaning to the proxy or to HTTP framing a token must never take over.
@@ -106,8 +106,14 @@ def apply(req: http.Request, p: Presentation, token: Token) -> None:
         req.headers[p.name] = _value(p, token.token_type, token.access_token)
 
 
+REDACTED_PROOF = "<redacted:dpop-proof>"
+
+
 def redact(req: http.Request, p: Presentation, token_type: str, mark: str) -> None:
-    """Replace the token in `req` by `mark` (the redacted token, never usable)."""
+    """Replace the token in `req` by `mark` (the redacted token, never usable), and a DPoP
+    proof by a placeholder: a proof is bound to this request, but redacted like a token."""
+    if "dpop" in req.headers:
+        req.headers["dpop"] = REDACTED_PROOF
     if p.kind == "query":
         if p.name in req.query:
             req.query[p.name] = mark
@@ -115,3 +121,14 @@ def redact(req: http.Request, p: Presentation, token_type: str, mark: str) -> No
         req.headers[p.name] = f"Basic {mark}"
     else:
         req.headers[p.name] = _value(p, token_type, mark)
+
+
+def strip(req: http.Request, p: Presentation) -> None:
+    """Take whatever carried a token out of `req` (a copy about to be sent again gets the
+    current token put back in; if it cannot, it must not carry the old one)."""
+    req.headers.pop("dpop", None)
+    req.headers.pop("authorization", None)
+    if p.kind == "query":
+        req.query.pop(p.name, None)
+    else:
+        req.headers.pop(p.name, None)

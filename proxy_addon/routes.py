@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+from .present import BEARER, Presentation
+
 __all__ = [
     "Route",
     "RouteTable",
@@ -107,6 +109,7 @@ class Route:
     path: str = "/"
     existing_authorization: Literal["replace", "keep", "reject"] = "replace"
     allow_cross_site: bool = False  # may browsers on other sites' pages use this credential?
+    present: Presentation = BEARER  # how the token goes to the API (`present:`)
 
     def matches_host(self, host: str, port: int) -> bool:
         return self.port == port and host_matches(self.host, host)

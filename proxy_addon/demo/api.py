@@ -6,15 +6,18 @@ fingerprint), and records every request so tests can tell what actually reached 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from proxy_addon.demo.certs import Pki
 from proxy_addon.demo.dpop_check import DpopVerifier, ProofError
 from proxy_addon.demo.server import BackgroundServer, Request, Response
+from proxy_addon.present import Presentation
 from proxy_addon.tokens import fingerprint
 
 __all__ = ["ApiServer"]
@@ -23,6 +26,28 @@ __all__ = ["ApiServer"]
 def _bearer_token(header: str | None) -> str | None:
     scheme, _, token = (header or "").strip().partition(" ")
     return token.strip() if scheme.lower() in ("bearer", "dpop") else None
+
+
+def presented_token(request: Request, expect: Presentation) -> str | None:
+    """Where `expect` says the token is: the inverse of `present.apply`."""
+    if expect.kind == "query":
+        values = [v for k, v in parse_qsl(urlsplit(request.path).query) if k == expect.name]
+        return values[0] if len(values) == 1 else None
+    values = request.headers.get_all(expect.name) or []
+    if len(values) != 1:
+        return None
+    if expect.kind == "basic":
+        scheme, _, blob = values[0].partition(" ")
+        try:
+            user, _, password = base64.b64decode(blob, validate=True).decode().partition(":")
+        except ValueError:
+            return None
+        return password if scheme.lower() == "basic" and user == expect.user else None
+    before, _, after = expect.template.partition("{token}")
+    value = values[0]
+    if not (value.startswith(before) and value.endswith(after)):
+        return None
+    return value[len(before) : len(value) - len(after)] or None
 
 
 def _scheme(header: str | None) -> str:
@@ -54,6 +79,8 @@ class ApiServer(BackgroundServer):
         self.cnf_of: Callable[[str], str | None] | None = None
         self.dpop_jkt_of: Callable[[str], str | None] | None = None
         self.dpop = DpopVerifier()
+        # An API that takes its token elsewhere than `Authorization: Bearer` (present.py).
+        self.expect: Presentation | None = None
 
     @property
     def requests_log(self) -> list[dict[str, Any]]:
@@ -70,6 +97,8 @@ class ApiServer(BackgroundServer):
             return self._changed.wait_for(lambda: len(self._log) >= n, timeout)
 
     def handle(self, request: Request) -> Response:
+        if self.expect is not None:
+            return self._handle_presented(request, self.expect)
         authorizations = request.headers.get_all("Authorization") or []
         token = _bearer_token(authorizations[0]) if len(authorizations) == 1 else None
         token_fp = fingerprint(token) if token is not None else None
@@ -103,6 +132,27 @@ class ApiServer(BackgroundServer):
             # Names only: lets a test check what the proxy forwarded without storing secrets.
             "header_names": sorted({name.lower() for name in request.headers}),
         }
+        with self._changed:
+            self._log.append(entry)
+            self._changed.notify_all()
+        return response
+
+    def _handle_presented(self, request: Request, expect: Presentation) -> Response:
+        """Token from another header, Basic's password or a query parameter."""
+        token = presented_token(request, expect)
+        ok = token is not None and not self.always_401 and self._validator(token)
+        response = (
+            Response.of_json(200, {"ok": True, "path": request.path.split("?")[0],
+                                   "token_fp": fingerprint(token) if token else None})
+            if ok
+            else _challenge(401, "invalid_token", 'Bearer error="invalid_token"')
+        )  # fmt: skip
+        entry = {
+            "time": time.time(), "method": request.method, "path": request.path.split("?")[0],
+            "authorized": ok, "token_fp": fingerprint(token) if token else None,
+            "status": response.status,
+            "header_names": sorted({name.lower() for name in request.headers}),
+        }  # fmt: skip
         with self._changed:
             self._log.append(entry)
             self._changed.notify_all()

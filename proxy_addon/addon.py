@@ -31,6 +31,7 @@ from proxy_addon.dpop import NonceCache, nonce_asked, resource_proof
 from proxy_addon.guards import unsafe_options
 from proxy_addon.instrument import instrument
 from proxy_addon.metrics import Metrics
+from proxy_addon.mtls import cert_routes, check_route_certs, client_cert_for, present_client_cert
 from proxy_addon.redact import (
     StreamScrubber,
     redacted_token,
@@ -111,6 +112,7 @@ class AuthProxy:
         )
         self.replay = replay  # the seam: mitmproxy's ReplayHandler, guarded; a fake in tests
         self._dpop_nonces = NonceCache()  # the last DPoP nonce each API origin gave
+        self._cert_routes: tuple[Route, ...] = ()  # routes with a client certificate (mTLS)
         self.metrics = Metrics()
         self.audit: AuditLog | None = None
         # Called with each flow once its token is redacted (the web UI adds it to its view then).
@@ -152,6 +154,11 @@ class AuthProxy:
                 runtime = Runtime.build(load_config(Path(path)))
             except (ConfigError, StoreError) as e:
                 raise exceptions.OptionsError(str(e)) from None
+            try:
+                check_route_certs(runtime.config.routes)
+            except ValueError as e:
+                runtime.close()
+                raise exceptions.OptionsError(f"{path}: {e}") from None
             instrument(runtime, self.metrics)
             logger.info(
                 "authproxy: %d credential(s), %d route(s) from %s",
@@ -160,6 +167,7 @@ class AuthProxy:
                 path,
             )
         old, self.runtime = self.runtime, runtime
+        self._cert_routes = cert_routes(runtime.config.routes) if runtime else ()
         if old is not None:
             old.close()
 
@@ -213,6 +221,20 @@ class AuthProxy:
         address = data.context.server.address
         if address is None or not rt.config.routes.intercepts(address[0], address[1]):
             data.ignore_connection = True
+
+    def tls_start_server(self, data: tls.TlsData) -> None:
+        """Mutual TLS to an API: the route's client certificate on this connection only."""
+        address = data.conn.address
+        if not self._cert_routes or address is None or data.is_dtls:
+            return
+        pair = client_cert_for(self._cert_routes, address[0], address[1])
+        if pair is None:
+            return
+        try:
+            present_client_cert(compat.server_tls(data), *pair)
+        except Exception as e:  # the API then sees no certificate and refuses a bound token
+            logger.error("%s:%d: cannot use the route's client certificate: %s",
+                         address[0], address[1], type(e).__name__)  # fmt: skip
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         _forget_proxy_password(flow)

@@ -8,6 +8,8 @@ fails loudly (naming the function here) when an upgrade changes what it relies o
 - `hide_in_flight`: keep flows that carry a live token out of a flow view (mitmweb, console).
 - `mark_request_forms`/`absolute_form`: remember which HTTP/1 requests named their target in
   absolute form, which mitmproxy forgets before the first hook.
+- `server_tls`: the upstream TLS connection mitmproxy's TlsConfig builds, made early so that
+  one connection can get a client certificate (its `client_certs` option is proxy-wide).
 
 Nothing here runs at import time; the addon applies what it needs when it is loaded.
 """
@@ -29,6 +31,7 @@ __all__ = [
     "mark_request_forms",
     "place_after_proxyauth",
     "replay",
+    "server_tls",
 ]
 
 logger = logging.getLogger("authproxy")
@@ -74,6 +77,23 @@ def place_after_proxyauth(master: Any, addon: object) -> None:
         raise RuntimeError("mitmproxy has no proxyauth addon in its chain: compat.place_after_"
                            "proxyauth needs updating for this mitmproxy version")  # fmt: skip
     chain.insert(chain.index(proxyauth) + 1, addon)
+
+
+# --- upstream TLS ----------------------------------------------------------------------------
+
+
+def server_tls(data: Any) -> Any:
+    """The pyOpenSSL connection of `data` (a `tls.TlsData` of tls_start_server), built now by
+    mitmproxy's TlsConfig as it would be right after our hook (it skips a `data` whose
+    `ssl_conn` is set), so that a setting of this connection alone can be added."""
+    if data.ssl_conn is None:
+        from mitmproxy import ctx
+
+        tlsconfig = ctx.master.addons.get("tlsconfig")
+        if tlsconfig is None:
+            raise RuntimeError("mitmproxy has no tlsconfig addon: compat.server_tls needs updating")
+        tlsconfig.tls_start_server(data)
+    return data.ssl_conn
 
 
 # --- flow views ------------------------------------------------------------------------------

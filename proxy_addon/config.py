@@ -673,6 +673,11 @@ def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> 
             present = parse_present(r.raw("present"))
         except ValueError as e:
             raise r.error("present", str(e)) from None
+        cert_file, key_file = r.str("client_certificate_file"), r.str("client_key_file")
+        if (cert_file is None) != (key_file is None):
+            missing = "client_key_file" if key_file is None else "client_certificate_file"
+            raise r.error(missing, "is required with the other (mutual TLS to the API)")
+        client_cert = (cert_file, key_file) if cert_file and key_file else None
         if credentials[cred].dpop and present != BEARER:
             raise r.error(
                 "present", f"credential {cred!r} uses DPoP, whose tokens go in Authorization"
@@ -689,6 +694,7 @@ def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> 
                 existing_authorization=existing,  # type: ignore[arg-type]
                 allow_cross_site=allow_cross_site,
                 present=present,
+                client_cert=client_cert,
             )
         )
     return RouteTable(tuple(routes))

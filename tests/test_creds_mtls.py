@@ -11,6 +11,7 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from harness import route
 from support.keys import new_key, pem, self_signed_cert, write_private
 
 from proxy_addon.config import ConfigError, parse_config
@@ -100,3 +101,46 @@ def test_bad_certificate_and_key_files(tmp_path: Path, idp, pki) -> None:
             grant(idp, pki, c, k).obtain(None)
         assert e.value.terminal
     assert idp.token_requests == 0  # refused before anything was sent
+
+
+def test_certificate_bound_token_through_the_proxy(tmp_path: Path, start_proxy, idp, api) -> None:
+    # The token endpoint binds the token to the certificate (RFC 8705 §3); the API checks that
+    # the same certificate is on the connection that presents it. Only the route naming the
+    # certificate sends it.
+    cert, key = self_signed(tmp_path)
+    thumb = cert_thumbprint(str(cert), key="c")
+    for server in (idp, api):
+        server.trust_client_certs(cert)
+    idp.add_client_cert("mc", thumbprint=thumb)
+    api.cnf_of = idp.cnf_of
+    files = {"client_certificate_file": str(cert), "client_key_file": str(key)}
+    proxy = start_proxy({
+        "credentials": {"api": {"grant": "client_credentials", "token_url": idp.token_url,
+                                "client_id": "mc", "client_auth": "self_signed_tls_client_auth",
+                                **files}},
+        "routes": [route("api.example.test", api.port, **files),
+                   route("other.test", api.port)],
+    })  # fmt: skip
+    r = proxy.session().get(f"https://api.example.test:{api.port}/bound", timeout=30)
+    assert r.status_code == 200, r.text
+    (token,) = list(idp._access)
+    assert idp.cnf_of(token) == thumb
+    r = proxy.session().get(f"https://other.test:{api.port}/unbound", timeout=30)
+    assert r.status_code == 401  # same token, no certificate: refused by the binding
+    assert "PRIVATE KEY" not in proxy.output()
+
+
+def test_route_certificate_files_are_checked_at_start(tmp_path: Path, start_proxy, idp) -> None:
+    cert, key = self_signed(tmp_path)
+    key.chmod(0o644)
+    with pytest.raises(AssertionError, match=r"routes\[0\]: .*can be read by other users"):
+        start_proxy({
+            "credentials": {"api": {"grant": "client_credentials", "token_url": idp.token_url,
+                                    "client_id": "x", "client_secret": "y"}},
+            "routes": [route("api.example.test", 443, client_certificate_file=str(cert),
+                             client_key_file=str(key))],
+        })  # fmt: skip
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.client_key_file: is required"):
+        parse_config({"credentials": {"c": {"grant": "static", "token": "t"}},
+                      "routes": [route("a.test", 443, "c", client_certificate_file="/c")]},
+                     "t.yaml")  # fmt: skip

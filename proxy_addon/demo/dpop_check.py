@@ -96,7 +96,8 @@ class DpopVerifier:
         with self._lock:
             if self.require_nonce and claims.get("nonce") != self.nonce:
                 raise ProofError("a fresh nonce is required", use_nonce=True)
-            self._seen = {j: t for j, t in self._seen.items() if t > now}
+            if len(self._seen) > 1024:  # forget what can no longer be replayed, now and then
+                self._seen = {j: t for j, t in self._seen.items() if t > now}
             if claims["jti"] in self._seen:
                 raise ProofError("jti was used before")
             self._seen[claims["jti"]] = now + 2 * MAX_AGE

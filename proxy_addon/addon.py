@@ -30,6 +30,7 @@ from proxy_addon.decision import decide
 from proxy_addon.dpop import NonceCache, nonce_asked, resource_proof
 from proxy_addon.guards import unsafe_options
 from proxy_addon.instrument import instrument
+from proxy_addon.localguard import LocalGuard
 from proxy_addon.metrics import Metrics
 from proxy_addon.mtls import cert_routes, check_route_certs, client_cert_for, present_client_cert
 from proxy_addon.redact import (
@@ -634,4 +635,4 @@ def _forget_proxy_password(flow: http.HTTPFlow) -> None:
     flow.metadata.pop("proxyauth", None)
 
 
-addons = [AuthProxy()]
+addons = [AuthProxy(), LocalGuard()]

@@ -11,8 +11,8 @@ Rules, in one place:
   out for `drain`);
 - the newest token is committed to the store before anyone uses it, and a token the IdP just
   returned is committed even if it is not used (it may carry a rotated refresh token);
-- a new token is used only if it is usable: one that expires within `MIN_LIFETIME` is a
-  failure (`unusable_token`) and is never sent;
+- a new token is used only if it is usable: one issued for less than `MIN_LIFETIME`, or
+  already expired, is a failure (`unusable_token`) and is never sent;
 - IdP failures: terminal ones (invalid_grant, ...) stop further attempts until the store gets a
   new token (a login, another process) or the config changes; transient ones are retried with
   exponential backoff and jitter, at least as long as the IdP's `Retry-After` (capped by
@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 from .config import TokenPolicy
 from .grants import Grant, GrantError
-from .store import Record, StoreError, TokenStore, VersionConflict
+from .store import Record, StoreError, StoreUnavailableError, TokenStore, VersionConflict
 from .tokens import Token, fingerprint, is_usable, needs_refresh
 
 __all__ = ["CredentialCache", "CredentialStatus", "TokenUnavailable", "backoff_delay"]
@@ -59,10 +59,16 @@ logger = logging.getLogger(__name__)
 # How often a credential in a terminal state looks at the store for a token written by a login
 # or by another process.
 TERMINAL_RECHECK = 2.0
-# A new token must stay valid at least this long, or it is not used at all.
+# A new token must be issued for at least this long, or it is not used at all. Judged on the
+# lifetime the IdP gave, not on what is left on arrival, so a slow answer on a busy machine does
+# not turn a short-lived but good token into a failure.
 MIN_LIFETIME = 1.0
 # What a waiter is told when another process holds the refresh lock for too long.
 BUSY_RETRY_AFTER = 2.0
+
+
+def _unusable(token: Token, now: float) -> bool:
+    return token.expires_at - token.obtained_at < MIN_LIFETIME or token.expires_at <= now
 
 
 class TokenUnavailable(Exception):
@@ -124,9 +130,13 @@ class CredentialCache:
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         store_key: str | None = None,
+        refresh_without_store: bool = False,
     ) -> None:
         self.name, self.grant, self.store, self.policy = name, grant, store, policy
         self.store_key = store_key if store_key is not None else name
+        # Store outage (issue 9): may this credential get a token while the store is
+        # unreachable? Only one without shared secret state (client_credentials).
+        self.refresh_without_store = refresh_without_store
         self._clock = clock  # wall clock: token expiry only
         self._mono = monotonic  # everything else
         self._rng = rng or random.Random()
@@ -301,7 +311,7 @@ class CredentialCache:
                 "credential %s: new token %s, expires in %.0fs",
                 self.name, fingerprint(record.token.access_token), remaining,
             )  # fmt: skip
-            if remaining < MIN_LIFETIME:
+            if _unusable(record.token, self._clock()):
                 # Committed (its refresh token may be the only valid one now), never sent.
                 self._version = record.version
                 return self._failed(
@@ -329,6 +339,8 @@ class CredentialCache:
             return self._refresh_blocking(rejected, token, version, lock_wait)
         except GrantError as e:
             return _Outcome(error=e)
+        except StoreUnavailableError as e:  # store outage (issue 9): see _without_store
+            return _Outcome(error=GrantError("store_unavailable", str(e), terminal=False))
         except StoreError as e:
             return _Outcome(error=GrantError("store_error", str(e), terminal=False))
         except Exception as e:  # a bug or an unmapped fault: back off, never storm
@@ -355,6 +367,8 @@ class CredentialCache:
                 held.enter_context(self.store.lock(key, timeout=lock_wait))
             except TimeoutError:
                 return _Outcome(busy=True)
+            except StoreUnavailableError as e:  # store outage (issue 9)
+                return self._without_store(token, version, e)
             current = self.store.get(key)
             seen = current.version if current else None
             if current is not None and self._fresh(current.token, rejected):
@@ -372,13 +386,36 @@ class CredentialCache:
                 record = self.store.put(key, new, latest.version if latest else None)
             return _Outcome(record, obtained=True, read=True, seen_version=seen)
 
+    # --- store outage (issue 9) ---------------------------------------------------------------
+    def _without_store(
+        self, token: Token | None, version: int | None, error: StoreUnavailableError
+    ) -> _Outcome:
+        """The shared store is unreachable, so its lock cannot be taken.
+
+        A refresh-token chain is never refreshed without that lock: another member may be
+        refreshing it, and a rotated refresh token spent twice ends the login. It fails fast
+        (`store_unavailable`, no IdP call) while the current token, if still valid, keeps
+        serving. A credential without shared secret state (client_credentials) gets a token
+        alone; it is not written anywhere, and the first refresh after the store is back
+        stores its token under the lock as usual.
+        """
+        if not self.refresh_without_store:
+            return _Outcome(error=GrantError("store_unavailable", str(error), terminal=False))
+        logger.warning(
+            "credential %s: %s; getting a token without the store", self.name, error
+        )
+        new = self._obtain(token)
+        return _Outcome(Record(self.store_key, new, version or 0, self._clock()), obtained=True)
+
+    # ------------------------------------------------------------------------------------------
+
     def _fresh(self, token: Token, rejected: Token | None) -> bool:
         if rejected is not None and token.access_token == rejected.access_token:
             return False
         if self.grant.seed_id is not None and token.seed_id != self.grant.seed_id:
             return False  # the config names a new refresh token: the stored chain is stale
         now = self._clock()
-        if token.expires_at - now < MIN_LIFETIME:
+        if _unusable(token, now):
             return False  # e.g. an unusable token kept for its refresh token
         return not needs_refresh(token, now, self.policy.refresh_leeway)
 

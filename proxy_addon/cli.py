@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--audit-log", metavar="FILE", help="append one JSON line per API call")
     run.add_argument(
+        "--grace", type=float, default=5.0, metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long requests in flight may take to finish (5)",
+    )  # fmt: skip
+    run.add_argument(
         "--set",
         dest="sets",
         action="append",
@@ -112,6 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 web=args.web,
                 audit_log=args.audit_log,
                 sets=tuple(args.sets),
+                grace=args.grace,
             )
         )
     except StartupError as e:
@@ -123,6 +128,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     path, config = _load(args)
     print(f"{path}: OK")
     print(f"listen: {config.listen_host}:{config.listen_port}")
+    _print_store(config)
     print("credentials:")
     for c in config.credentials.values():
         where = f" via {c.token_url}" if c.token_url else ""
@@ -138,6 +144,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_store(config: Config) -> None:
+    import os
+
+    from .store.registry import BACKENDS
+
+    backend = BACKENDS[config.store.backend]
+    print(f"store: {config.store.backend}: {backend.describe(config.store, os.environ)}")
+    if backend.fleet and config.confdir is None:
+        print(
+            f"warning: the {config.store.backend} store is shared by a fleet, but this member "
+            "uses its own mitmproxy CA (~/.mitmproxy): set confdir to the fleet's CA files "
+            "(deployed as a secret) so that clients trust one CA for every member",
+            file=sys.stderr,
+        )
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo.run import run_demo
 
@@ -147,25 +169,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_rotate_key(args: argparse.Namespace) -> int:
     import os
 
+    from .runtime import open_store
     from .store.keys import ENV_VAR, add_key, load_keys
-    from .store.paths import default_db_path, default_key_file
-    from .store.sqlite import SqliteStore, stored_rows
+    from .store.paths import default_key_file
+    from .store.registry import BACKENDS
+    from .store.sealer import Sealer
 
     _, config = _load(args)
-    db_path = config.store.path or default_db_path()
-    key_file = config.store.key_file or default_key_file()
-    # A missing key file over stored rows is lost, not empty: never start a new one.
-    rows = stored_rows(db_path)
-    if os.environ.get(ENV_VAR):
-        print(
-            f"authproxy: {ENV_VAR} is set: put a new key first in that variable (comma-"
-            "separated, newest first), then run rotate-key again with it",
-            file=sys.stderr,
-        )
-    else:
-        print(f"added a new key to {add_key(key_file, db_path=db_path, stored_rows=rows)}")
-    keyring = load_keys(key_file, db_path=db_path, stored_rows=rows)
-    with SqliteStore(db_path, keyring, create=False) as store:
-        n = store.rotate(keyring)
-    print(f"re-encrypted {n} credential(s) in {db_path} under the newest key")
+    backend = BACKENDS[config.store.backend]
+    where = backend.describe(config.store, os.environ)
+    if not backend.sealed:
+        print(f"the {config.store.backend} store keeps nothing encrypted: nothing to re-encrypt")
+        return 0
+    # Opened with the current keys first: a missing key file over stored rows is lost, not
+    # empty, and opening says so instead of starting a new one.
+    store = open_store(config.store, create=False)
+    try:
+        key_file = config.store.key_file or default_key_file()
+        if os.environ.get(ENV_VAR):
+            print(
+                f"authproxy: {ENV_VAR} is set: put a new key first in that variable (comma-"
+                "separated, newest first), then run rotate-key again with it",
+                file=sys.stderr,
+            )
+        else:
+            print(f"added a new key to {add_key(key_file, db_path=config.store.path)}")
+        n = store.reseal(Sealer(load_keys(key_file, db_path=config.store.path)))
+    finally:
+        store.close()
+    print(f"re-encrypted {n} credential(s) in {where} under the newest key")
     return 0

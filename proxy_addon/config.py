@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -185,9 +185,10 @@ _OWN_FIELDS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    backend: Literal["sqlite", "memory"] = "sqlite"
-    path: Path | None = None  # None: the XDG default
+    backend: str = "sqlite"  # a name of store.registry.BACKENDS
+    path: Path | None = None  # a file backend's file; None: its default (XDG)
     key_file: Path | None = None
+    settings: Any = None  # a backend's own parsed keys (store.registry.Parsed.settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +208,8 @@ class Config:
         found = [s for c in self.credentials.values() for s in c.secrets()]
         if self.proxy_auth:
             found.append(self.proxy_auth)
+        if password := getattr(self.store.settings, "password", None):  # a network store's
+            found.append(password)
         return found
 
 
@@ -478,13 +481,18 @@ def _parse_listen(top: _Reader) -> tuple[str, int]:
 
 
 def _parse_store(s: _Reader, resolve: Callable[[str], Path]) -> StoreConfig:
-    backend = s.choice("backend", ("sqlite", "memory"), "sqlite")
-    path, key_file = s.str("path"), s.str("key_file")
+    # The backend parses its own keys (store/registry.py); the key file is common to all.
+    from .store.registry import BACKENDS
+
+    backend = s.choice("backend", tuple(BACKENDS), "sqlite")
+    key_file = s.str("key_file")
+    parsed = BACKENDS[backend].parse(s, resolve)
     s.done()
     return StoreConfig(
-        backend=backend,  # type: ignore[arg-type]
-        path=resolve(path) if path else None,
+        backend=backend,
+        path=parsed.path,
         key_file=resolve(key_file) if key_file else None,
+        settings=parsed.settings,
     )
 
 

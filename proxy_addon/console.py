@@ -4,6 +4,7 @@ its recent events. Pure data and formatting; the addon fills it, `statuspage` re
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,9 +104,9 @@ def _store(runtime: Runtime) -> str:
     cfg = runtime.config.store
     if cfg.backend == "memory":
         return "memory (nothing survives a restart)"
-    from .store.paths import default_db_path
+    from .store.registry import BACKENDS
 
-    return f"{cfg.backend}: {cfg.path or default_db_path()}"
+    return f"{cfg.backend}: {BACKENDS[cfg.backend].describe(cfg, os.environ)}"
 
 
 def human_span(seconds: float) -> str:

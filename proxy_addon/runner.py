@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from mitmproxy.addons import dumper, errorcheck, termlog
 from . import compat
 from .addon import AuthProxy
 from .config import Config
+from .localguard import LocalGuard
+from .shutdown import DEFAULT_GRACE, GracefulStop, InFlight
+from .wrap import ONE_TIME_AUTH_ENV
 
 __all__ = ["RunOptions", "StartupError", "run"]
 
@@ -38,6 +42,7 @@ class RunOptions:
     web: bool = False  # serve mitmproxy's web UI (mitmweb) too
     audit_log: str | None = None
     sets: Sequence[str] = field(default_factory=list)  # "option=value", as mitmdump --set
+    grace: float = DEFAULT_GRACE  # seconds in-flight requests get after the first SIGTERM/SIGINT
 
 
 def run(ro: RunOptions) -> int:
@@ -50,6 +55,10 @@ async def _serve(ro: RunOptions) -> int:
     opts = options.Options()
     authproxy = AuthProxy()
     m = _web_master(opts, authproxy) if ro.web else _dump_master(opts, authproxy, ro.quiet)
+    inflight = InFlight()
+    m.addons.add(LocalGuard(), inflight.first, inflight.last)
+    m.addons.chain.remove(inflight.first)
+    m.addons.chain.insert(0, inflight.first)  # a request is in flight from its very first hook
 
     host, port = ro.listen or (ro.config.listen_host, ro.config.listen_port)
     settings: dict[str, object] = {
@@ -59,6 +68,10 @@ async def _serve(ro: RunOptions) -> int:
     }
     if ro.config.proxy_auth:
         settings["proxyauth"] = ro.config.proxy_auth
+    # `authproxy exec`'s temporary proxy: a password for its command alone (never in argv, which
+    # every user can read).
+    if one_time := os.environ.pop(ONE_TIME_AUTH_ENV, None):
+        settings["proxyauth"] = one_time
     if ro.config.confdir:
         settings["confdir"] = str(ro.config.confdir)
     if ro.save_flows:
@@ -77,10 +90,12 @@ async def _serve(ro: RunOptions) -> int:
         raise StartupError(str(e)) from None
 
     loop = asyncio.get_running_loop()
+    stop = GracefulStop(m, inflight, ro.grace)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, m.shutdown)
+        loop.add_signal_handler(sig, stop.signal, sig)
     logging.getLogger("authproxy").info("authproxy %s:%d (config %s)", host, port, ro.config_path)
     await m.run()
+    await stop.finish()
     return 0
 
 

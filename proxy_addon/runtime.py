@@ -23,9 +23,8 @@ from .config import Config, ConfigError, StoreConfig
 from .dpop_keys import attach_dpop_key
 from .grants import make_grant, spec_for
 from .store import MemoryStore, TokenStore
-from .store.keys import load_keys
-from .store.paths import default_db_path, default_key_file
-from .store.sqlite import CorruptRowError, DamagedRowError, SqliteStore, stored_rows
+from .store.registry import open_backend
+from .store.sealer import CorruptRowError, DamagedRowError
 
 __all__ = ["Runtime", "check_rows", "open_store", "trust_bundle"]
 
@@ -61,6 +60,8 @@ class Runtime:
             caches[name] = CredentialCache(
                 name, grant, store if grant.persist else None, cred.policy,
                 store_key=cred.store_key,
+                # Only a grant without shared secret state may refresh during a store outage.
+                refresh_without_store=cred.grant == "client_credentials",
             )  # fmt: skip
         return cls(config, store, caches, ca_bundle)
 
@@ -89,15 +90,8 @@ class Runtime:
 def open_store(
     cfg: StoreConfig, env: Mapping[str, str] = os.environ, *, create: bool = True
 ) -> TokenStore:
-    if cfg.backend == "memory":
-        return MemoryStore()
-    db_path = cfg.path or default_db_path(env)
-    key_file = cfg.key_file or default_key_file(env)
-    # Counted before a key is generated: a fresh key over existing rows would only make every
-    # later start fail with "a different key".
-    rows = stored_rows(db_path)
-    keyring = load_keys(key_file, env, db_path=db_path, create=create, stored_rows=rows)
-    return SqliteStore(db_path, keyring, create=create)
+    """The configured backend's store (store/registry.py)."""
+    return open_backend(cfg, env, create=create)
 
 
 def check_rows(config: Config, store: TokenStore) -> None:
@@ -108,7 +102,7 @@ def check_rows(config: Config, store: TokenStore) -> None:
     under the bare name by versions before credential identities are never served (they
     cannot be tied to an IdP and client); a hint says so once.
     """
-    stored = {m.credential for m in store.list()}
+    stored = set(store.keys())
     for name, cred in config.credentials.items():
         if not spec_for(cred.grant).persist:  # static: the token is in the config
             continue

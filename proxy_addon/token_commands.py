@@ -140,7 +140,7 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     import json
 
     from .runtime import open_store
-    from .store.sqlite import MissingStoreError
+    from .store import MissingStoreError
 
     _, config = args.load(args)
     try:
@@ -151,7 +151,7 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     try:
         views = [_stored_view(c, store, now) for c in config.credentials.values()]
         # Rows an older authproxy stored under a bare name: never used, only worth a note.
-        legacy = {m.credential for m in store.list()} & set(config.credentials) if store else set()
+        legacy = set(store.keys()) & set(config.credentials) if store else set()
     finally:
         if store is not None:
             store.close()
@@ -215,20 +215,24 @@ def _duration(seconds: float) -> str:
 
 
 def _live_status(config: Config) -> dict[str, dict[str, object]]:
-    """What a running proxy for this config knows (failures, last errors), if one is running."""
-    import requests
+    """What a running proxy for this config knows (failures, last errors), if one is running
+    and it is this user's (checked before the proxy credentials are sent)."""
+    from .ownproxy import NotOurProxy, proxy_status
+    from .wrap import client_host
 
-    wildcard = config.listen_host in ("0.0.0.0", "::", "")  # noqa: S104 (a comparison)
-    host = "127.0.0.1" if wildcard else config.listen_host
-    auth = f"{config.proxy_auth}@" if config.proxy_auth else ""
-    proxy = f"http://{auth}{host}:{config.listen_port}"
+    host = client_host(config.listen_host)
     try:
-        with requests.Session() as s:
-            s.trust_env = False
-            r = s.get("http://authproxy.local/status.json", proxies={"http": proxy}, timeout=2)
-            entries = r.json()["credentials"] if r.ok else []
-    except (requests.RequestException, ValueError, KeyError):
+        status = proxy_status(host, config.listen_port, config.proxy_auth, timeout=2.0)
+    except NotOurProxy as e:
+        print(
+            f"authproxy: not asking {host}:{config.listen_port} for live state: it is not your "
+            f"authproxy ({e})",
+            file=sys.stderr,
+        )
         return {}
+    except OSError:
+        return {}
+    entries = status.get("credentials") or []
     return {str(e["name"]): e for e in entries if isinstance(e, dict) and "name" in e}
 
 

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import os
 import re
+import secrets
 import shlex
 import signal
 import socket
@@ -27,16 +28,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
 
-from .config import Config
+from .config import Config, load_config
+from .ownproxy import NotOurProxy, proxy_status
 
-__all__ = ["SHELLS", "WrapError", "environment", "prepare_files", "register", "render"]
+__all__ = [
+    "ONE_TIME_AUTH_ENV", "SHELLS", "WrapError", "environment", "hidden_variables", "prepare_files",
+    "register", "render",
+]  # fmt: skip
 
 SHELLS = ("sh", "fish", "powershell")
 NO_PROXY = "localhost,127.0.0.1,::1"
@@ -54,6 +59,8 @@ BUNDLE_VARIABLES = (
     "GIT_SSL_CAINFO",
     "AWS_CA_BUNDLE",
 )
+# How exec hands its temporary proxy the one-time proxy password (`authproxy run` reads it).
+ONE_TIME_AUTH_ENV = "AUTHPROXY_ONE_TIME_PROXY_AUTH"
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.S)
@@ -94,10 +101,12 @@ def client_host(listen_host: str) -> str:
     return listen_host
 
 
-def proxy_url(config: Config, host: str, port: int) -> str:
+def proxy_url(config: Config, host: str, port: int, auth: str | None = None) -> str:
+    """The proxy URL, with `auth` ("user:password", else the config's proxy_auth) in it."""
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if config.proxy_auth:
-        user, _, password = config.proxy_auth.partition(":")
+    auth = auth or config.proxy_auth
+    if auth:
+        user, _, password = auth.partition(":")
         netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{netloc}"
     return f"http://{netloc}"
 
@@ -140,10 +149,16 @@ def prepare_files(config: Config) -> Files:
 
 
 def environment(
-    config: Config, host: str, port: int, files: Files, current: Mapping[str, str] = os.environ
+    config: Config,
+    host: str,
+    port: int,
+    files: Files,
+    current: Mapping[str, str] = os.environ,
+    auth: str | None = None,
 ) -> dict[str, str]:
-    """The variables to set, in a stable order. `current` supplies NODE_OPTIONS to extend."""
-    url = proxy_url(config, host, port)
+    """The variables to set, in a stable order. `current` supplies NODE_OPTIONS to extend;
+    `auth` replaces the config's proxy_auth in the proxy URL."""
+    url = proxy_url(config, host, port, auth)
     env = {
         "HTTP_PROXY": url,
         "HTTPS_PROXY": url,
@@ -295,6 +310,17 @@ def _cmd_env(args: argparse.Namespace, load: Loader) -> int:
         print(f"authproxy: {e}", file=sys.stderr)
         return e.exit_code
     host = client_host(config.listen_host)
+    try:
+        proxy_status(host, config.listen_port, config.proxy_auth)
+    except NotOurProxy as e:
+        print(
+            f"authproxy: {host}:{config.listen_port} is not your authproxy: {e}. Not pointing "
+            "programs at it; stop what listens there, or give the proxy another listen port",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError:
+        pass  # not running yet: the settings hold for when it is
     sys.stdout.write(render(environment(config, host, config.listen_port, files), args.shell))
     return 0
 
@@ -316,25 +342,41 @@ def _cmd_exec(args: argparse.Namespace, load: Loader) -> int:
 
 
 def _exec(path: Path, config: Config, command: list[str], signals: _Signals) -> int:
+    hidden = hidden_variables(path)
     host = client_host(config.listen_host)
-    if _listening(host, config.listen_port):
+    try:
+        proxy_status(host, config.listen_port, config.proxy_auth)
+    except NotOurProxy as e:
+        print(
+            f"authproxy exec: {host}:{config.listen_port} is not your authproxy ({e}); "
+            "using a temporary proxy",
+            file=sys.stderr,
+        )
+    except OSError:
+        pass  # nothing answers there: a temporary proxy
+    else:
         try:
             files = prepare_files(config)
         except WrapError as e:
             raise WrapError(
                 f"something listens on {host}:{config.listen_port}, but {e}", exit_code=2
             ) from None
-        return _run_command(command, environment(config, host, config.listen_port, files), signals)
+        env = environment(config, host, config.listen_port, files)
+        return _run_command(command, env, signals, hidden)
 
+    # A password for the command alone: other users can neither read nor guess it, and the
+    # temporary proxy (authproxy_peer_check=strict) still refuses their connections.
+    auth = f"authproxy:{secrets.token_urlsafe(24)}"
     with tempfile.TemporaryFile() as log:
-        proxy, port = _start_proxy(path, log, signals)
+        proxy, port = _start_proxy(path, log, signals, auth)
         try:
             ca = mitmproxy_confdir(config) / MITMPROXY_CA
-            interrupted = _await_proxy(proxy, port, ca, signals)
+            interrupted = _await_proxy(proxy, port, ca, signals, auth)
             if interrupted is not None:
                 return 128 + interrupted
             files = prepare_files(config)
-            return _run_command(command, environment(config, "127.0.0.1", port, files), signals)
+            env = environment(config, "127.0.0.1", port, files, auth=auth)
+            return _run_command(command, env, signals, hidden)
         except _StartFailed as e:
             _stop(proxy)
             log.seek(0)
@@ -344,25 +386,59 @@ def _exec(path: Path, config: Config, command: list[str], signals: _Signals) -> 
             _stop(proxy)
 
 
+# Read by many configs for paths, never secret, and needed by most commands.
+_NOT_SECRET = frozenset({"HOME", "USER", "LOGNAME", "PATH", "PWD", "SHELL", "TMPDIR", "LANG"})
+
+
+class _Recording(Mapping[str, str]):
+    """An environment that remembers which variables were read from it."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        value = self._env[name]
+        self.read.add(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
+def hidden_variables(path: Path, env: Mapping[str, str] = os.environ) -> set[str]:
+    """What `exec` keeps from the command: AUTHPROXY_KEY and each variable the config
+    interpolates (${VAR}: client secrets, refresh tokens), but for plain paths like HOME."""
+    recording = _Recording(env)
+    load_config(path, recording)
+    used = {n for n in recording.read if n not in _NOT_SECRET and not n.startswith("XDG_")}
+    return {"AUTHPROXY_KEY", ONE_TIME_AUTH_ENV} | used
+
+
 class _StartFailed(Exception):
     pass
 
 
-def _listening(host: str, port: int) -> bool:
+def _our_proxy(host: str, port: int, auth: str) -> bool:
     try:
-        socket.create_connection((host, port), timeout=1.0).close()
+        proxy_status(host, port, auth)
     except OSError:
-        return False
+        return False  # not listening yet
+    except NotOurProxy as e:
+        raise _StartFailed(f"127.0.0.1:{port} answers, but {e}") from None
     return True
 
 
 def _start_proxy(
-    path: Path, log: IO[bytes], signals: _Signals
+    path: Path, log: IO[bytes], signals: _Signals, auth: str
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     argv = [
         sys.executable, "-m", "proxy_addon", "--config", str(path),
-        "run", "-q", "--listen", f"127.0.0.1:{port}",
+        "run", "-q", "--listen", f"127.0.0.1:{port}", "--set", "authproxy_peer_check=strict",
     ]  # fmt: skip
     parent = os.getpid()
 
@@ -377,6 +453,7 @@ def _start_proxy(
     posix = os.name == "posix"
     proxy = subprocess.Popen(
         argv,
+        env={**os.environ, ONE_TIME_AUTH_ENV: auth},  # not in argv: every user can read that
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -388,14 +465,15 @@ def _start_proxy(
 
 
 def _await_proxy(
-    proxy: subprocess.Popen[bytes], port: int, ca: Path, signals: _Signals
+    proxy: subprocess.Popen[bytes], port: int, ca: Path, signals: _Signals, auth: str
 ) -> int | None:
-    """Until the proxy listens and has its CA; a signal number if one came first."""
+    """Until the proxy answers and has its CA; a signal number if one came first. Another
+    user may have taken the port first: it must be this user's authproxy answering."""
     deadline = time.monotonic() + _START_TIMEOUT
     while True:
         if proxy.poll() is not None:
             raise _StartFailed(f"it exited with status {proxy.returncode}")
-        if ca.is_file() and _listening("127.0.0.1", port):
+        if ca.is_file() and _our_proxy("127.0.0.1", port, auth):
             return None
         if time.monotonic() > deadline:
             raise _StartFailed(f"it did not listen on 127.0.0.1:{port} within {_START_TIMEOUT:g}s")
@@ -414,8 +492,10 @@ def _stop(proxy: subprocess.Popen[bytes]) -> None:
             proxy.wait()
 
 
-def _run_command(command: list[str], env_vars: Mapping[str, str], signals: _Signals) -> int:
-    env = {**os.environ, **env_vars}
+def _run_command(
+    command: list[str], env_vars: Mapping[str, str], signals: _Signals, hidden: set[str]
+) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in hidden} | dict(env_vars)
     try:
         child = subprocess.Popen(
             command, env=env, preexec_fn=signals.child_setup if signals.blocking else None

@@ -4,14 +4,24 @@ Baseline, in the same process and on the same disk: a plain SQLite table in WAL 
 synchronous=FULL, one INSERT OR REPLACE of the same size per transaction, no encryption, no
 compare-and-set. The ratio is what authproxy's durability and encryption add.
 
-    ./scripts/bench_store [--updates N]
+    ./scripts/bench_store [--updates N] [--redis]
+
+With --redis (needs redis-server on PATH): put / get / lock round trips of the SQLite store
+against the Redis store, on a redis-server started here on 127.0.0.1 with AOF and
+appendfsync always (as the README recommends), same machine, same token.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import secrets
+import shutil
+import socket
 import sqlite3
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,7 +29,9 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
+from proxy_addon.store.base import TokenStore
 from proxy_addon.store.keys import Keyring
+from proxy_addon.store.sealer import Sealer
 from proxy_addon.store.sqlite import SqliteStore
 from proxy_addon.tokens import Token
 
@@ -36,6 +48,7 @@ def timed(n: int, step: Callable[[], None]) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--updates", type=int, default=500)
+    parser.add_argument("--redis", action="store_true", help="also compare with Redis")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="authproxy-bench-store-"))
     token = Token("a" * 1200, expires_at=2e9, obtained_at=1e9, refresh_token="r" * 400)
@@ -70,7 +83,72 @@ def main() -> int:
     print(f"  ratio authproxy/bare: {ours / base:.2f}x")
     store.close()
     raw.close()
+    if args.redis:
+        compare_redis(work, token, keyring, args.updates)
     return 0
+
+
+def round_trips(store: TokenStore, token: Token, n: int) -> dict[str, float]:
+    """Median seconds of one put (CAS), one get, one lock + release."""
+    version = [store.get("cred").version if store.get("cred") else None]  # type: ignore[union-attr]
+
+    def put() -> None:
+        version[0] = store.put("cred", token, version[0]).version
+
+    def lock() -> None:
+        with store.lock("cred", timeout=5):
+            pass
+
+    return {
+        "put": statistics.median(timed(n, put)),
+        "get": statistics.median(timed(n, lambda: store.get("cred"))),
+        "lock": statistics.median(timed(n, lock)),
+    }
+
+
+def compare_redis(work: Path, token: Token, keyring: Keyring, n: int) -> None:
+    from proxy_addon.store.redis_config import RedisSettings
+    from proxy_addon.store.redis_store import RedisStore
+
+    server = shutil.which("redis-server")
+    if server is None:
+        print("--redis: redis-server is not installed")
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    password = secrets.token_hex(16)
+    (work / "redis").mkdir()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password,
+         "--dir", str(work / "redis"), "--appendonly", "yes", "--appendfsync", "always",
+         "--save", "", "--logfile", os.devnull],
+    )  # fmt: skip
+    try:
+        settings = RedisSettings("127.0.0.1", port, 0, False, None, password)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis_store = RedisStore(settings, Sealer(keyring))
+                redis_store.check()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        sqlite_store = SqliteStore(work / "state2" / "tokens.db", keyring)
+        results = {"sqlite": round_trips(sqlite_store, token, n),
+                   "redis": round_trips(redis_store, token, n)}  # fmt: skip
+        sqlite_store.close()
+        redis_store.close()
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+    print(f"\nround trips, median of {n} (Redis on 127.0.0.1, AOF appendfsync always):")
+    print(f"  {'':6} {'put':>9} {'get':>9} {'lock':>9}")
+    for name, r in results.items():
+        print(f"  {name:6} " + " ".join(f"{r[k] * 1e3:7.3f}ms" for k in ("put", "get", "lock")))
 
 
 if __name__ == "__main__":

@@ -424,7 +424,8 @@ def test_exec_passes_the_exit_status_and_stops_its_proxy(wrapped: Wrapped) -> No
     r = wrapped.exec("sh", "-c", 'printf "%s" "$HTTPS_PROXY"; exit 7')
     assert r.returncode == 7
     assert r.stderr == ""
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", r.stdout)  # nothing but the command's output
+    # Nothing but the command's output; the temporary proxy's one-time password in the URL.
+    assert re.fullmatch(r"http://authproxy:[\w-]{32}@127\.0\.0\.1:\d+", r.stdout), r.stdout
     port = port_of(r.stdout)
     assert port != wrapped.listen_port  # a temporary proxy, as nothing listened there
     assert not listening(port)

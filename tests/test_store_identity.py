@@ -99,7 +99,7 @@ def _issued_fps(idp: AuthServer) -> set[str]:
 def _stored_keys(tmp_path: Path) -> set[str]:
     keyring = load_keys(tmp_path / "keys" / "store.key", env={})
     with SqliteStore(tmp_path / "state" / "tokens.db", keyring, create=False) as s:
-        return {m.credential for m in s.list()}
+        return set(s.keys())
 
 
 def test_two_configs_with_one_name_each_get_their_own_token(
@@ -181,7 +181,7 @@ def test_login_logout_and_tokens_use_the_identity_key(tmp_path: Path, caplog) ->
     rt = Runtime.build(config)
     try:
         save_token(rt.store, key, Token(access_token="t" * 24, expires_at=4e9, obtained_at=0.0))
-        assert [m.credential for m in rt.store.list()] == [key]
+        assert rt.store.keys() == [key]
     finally:
         rt.close()
     r = run_cli("--config", str(config_path), "tokens", "--json")

@@ -21,9 +21,10 @@ import pytest
 from cryptography.fernet import Fernet, MultiFernet
 from support.store_writer import numbered_token
 
-from proxy_addon.store.base import RecordMeta, StoreError, VersionConflict
+from proxy_addon.store.base import StoreError, VersionConflict
 from proxy_addon.store.keys import ENV_VAR, Keyring, KeySourceError, add_key, load_keys
 from proxy_addon.store.paths import default_db_path, default_key_file
+from proxy_addon.store.sealer import Sealer
 from proxy_addon.store.sqlite import (
     CorruptRowError,
     CorruptStoreError,
@@ -164,15 +165,12 @@ def test_round_trip_versions_and_cas(store: SqliteStore, caplog: pytest.LogCaptu
     assert store.get("a") == r2  # a refused update changes nothing
 
     store.put("b", t1, None)
-    assert store.list() == [
-        RecordMeta("a", 2000.0, r2.updated_at, 2),
-        RecordMeta("b", 1000.0, store.list()[1].updated_at, 1),
-    ]
+    assert store.keys() == ["a", "b"]
 
     assert store.delete("a") is True
     assert store.delete("a") is False
     assert store.get("a") is None
-    assert [m.credential for m in store.list()] == ["b"]
+    assert store.keys() == ["b"]
 
     for secret in (t1.access_token, t1.refresh_token, t2.access_token, t2.refresh_token):
         assert secret is not None and secret not in caplog.text
@@ -346,7 +344,7 @@ def test_wrong_key_is_reported_and_changes_nothing(db_path: Path, keyring: Keyri
     with SqliteStore(db_path, other, create=False) as s:
         with pytest.raises(UndecryptableError) as excinfo:
             s.get("github")
-        assert [m.credential for m in s.list()] == ["github"]  # metadata needs no key
+        assert s.keys() == ["github"]  # metadata needs no key
     message = str(excinfo.value)
     for part in ("'github'", str(db_path), "key file /elsewhere/store.key", ENV_VAR, "logout"):
         assert part in message
@@ -417,9 +415,10 @@ def test_rotation_re_encrypts_every_row(tmp_path: Path, db_path: Path) -> None:
     ring = load_keys(key_file, env={})
 
     with SqliteStore(db_path, ring) as s:
-        before = s.list()
-        assert s.rotate(ring) == len(tokens)
-        assert s.list() == before  # versions and timestamps untouched: the token is the same
+        before = {n: s.get(n) for n in tokens}
+        assert s.reseal(Sealer(ring)) == len(tokens)
+        # versions and timestamps untouched: the token is the same
+        assert {n: s.get(n) for n in tokens} == before
         assert {n: s.get(n).token for n in tokens} == tokens  # type: ignore[union-attr]
 
     newest_only = Keyring.from_keys(ring.keys[:1], "newest key")
@@ -452,7 +451,7 @@ def test_interrupted_rotation_leaves_every_row_readable(tmp_path: Path, db_path:
     failing = Keyring(_FailsAfter([Fernet(k) for k in ring.keys], 2), ring.keys, "failing")
 
     with SqliteStore(db_path, ring) as s, pytest.raises(RuntimeError, match="simulated"):
-        s.rotate(failing)
+        s.reseal(Sealer(failing))
 
     with SqliteStore(db_path, ring, create=False) as s:
         assert {n: s.get(n).token for n in tokens} == tokens  # type: ignore[union-attr]

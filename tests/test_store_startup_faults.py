@@ -207,7 +207,7 @@ def test_empty_store_file_is_initialised_with_a_warning(
     db.write_bytes(b"")
     db.chmod(0o600)
     with caplog.at_level(logging.WARNING), SqliteStore(db, key) as s:
-        assert s.list() == []
+        assert s.keys() == []
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("0 bytes" in w and str(db) in w and "backup" in w for w in warnings), warnings
 

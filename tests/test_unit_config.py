@@ -306,7 +306,7 @@ def test_refresh_token_key_on_client_credentials_is_unknown() -> None:
         ({"listen": ["127.0.0.1", 8080]}, "listen", r"^expected a string, got a list$"),
         ({"listen": True}, "listen", r"^expected a string, got true/false$"),
         ({"proxy_auth": "nocolon"}, "proxy_auth", r"^expected 'user:password'$"),
-        ({"store": {"backend": "redis"}}, "store.backend", r"expected one of sqlite, memory"),
+        ({"store": {"backend": "etcd"}}, "store.backend", r"expected one of sqlite, memory, redis"),
         ({"store": "memory"}, "store", r"^expected a mapping, got a string$"),
         ({"tokens": []}, "tokens", r"^expected a mapping, got a list$"),
         ({"credentials": ["billing"]}, "credentials", r"^expected a mapping, got a list$"),

@@ -74,6 +74,8 @@ class ApiServer(BackgroundServer):
         self.always_401 = False
         self.insufficient_scope = False
         self.required_scope = "demo.write"  # named in the insufficient_scope challenge
+        self.delay = 0.0  # seconds to wait before answering (a slow API; each request its thread)
+        self.arrived = 0  # requests that reached `handle`, answered or not
         # Sender-constrained tokens: set these to the IdP's `cnf_of` (RFC 8705 certificate
         # binding) and `dpop_jkt_of` (RFC 9449 key binding) to have them checked.
         self.cnf_of: Callable[[str], str | None] | None = None
@@ -96,7 +98,17 @@ class ApiServer(BackgroundServer):
         with self._changed:
             return self._changed.wait_for(lambda: len(self._log) >= n, timeout)
 
+    def wait_for_arrivals(self, n: int, timeout: float) -> bool:
+        """Until `n` requests reached the API (counted before `delay`, unlike `requests_log`)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.arrived >= n, timeout)
+
     def handle(self, request: Request) -> Response:
+        with self._changed:
+            self.arrived += 1
+            self._changed.notify_all()
+        if self.delay:
+            time.sleep(self.delay)
         if self.expect is not None:
             return self._handle_presented(request, self.expect)
         authorizations = request.headers.get_all("Authorization") or []

@@ -4,15 +4,34 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..tokens import Token
 
-__all__ = ["Record", "RecordMeta", "StoreError", "TokenStore", "VersionConflict"]
+if TYPE_CHECKING:
+    from .sealer import Sealer
+
+__all__ = [
+    "MissingStoreError",
+    "Record",
+    "StoreError",
+    "StoreUnavailableError",
+    "TokenStore",
+    "VersionConflict",
+]
 
 
 class StoreError(Exception):
     """The store cannot be used (wrong key, corrupt file, ...). The message says what to do."""
+
+
+class MissingStoreError(StoreError):
+    """There is no store yet and the caller asked not to create one."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached right now (a network store down or refusing us); it may
+    come back by itself, unlike a wrong key or a damaged file."""
 
 
 class VersionConflict(StoreError):
@@ -27,17 +46,14 @@ class Record:
     updated_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class RecordMeta:
-    """What is safe to show about a row without decrypting it."""
-
-    credential: str
-    expires_at: float | None
-    updated_at: float
-    version: int
-
-
 class TokenStore(Protocol):
+    """One row per credential identity (`name#identity`), under a per-row lock.
+
+    Every backend must pass tests/test_store_conformance.py. A sealed backend (one that keeps
+    rows outside this process) stores only what `Sealer.seal` returns for a token, never the
+    token itself, and opens rows with the same Sealer.
+    """
+
     def get(self, credential: str) -> Record | None:
         """The current row, or None if there is none."""
         ...
@@ -58,6 +74,9 @@ class TokenStore(Protocol):
         - Waits up to `timeout` seconds, then raises TimeoutError, promptly (within about a
           tenth of a second more); `timeout=0` tries once. Callers on a request path pass a
           short timeout and answer the client themselves rather than queue.
+        - A store that cannot be reached raises StoreUnavailableError (any other failure of
+          the store, StoreError) instead of waiting: the caller decides whether it may go on
+          without the lock (see CredentialCache._without_store).
         - Only a holder stalled for longer than the lease (a stopped process) can lose it while
           still inside the block, so writes made under the lock still use `put`'s
           compare-and-set.
@@ -72,8 +91,19 @@ class TokenStore(Protocol):
         """
         ...
 
-    def delete(self, credential: str) -> bool: ...
+    def delete(self, credential: str) -> bool:
+        """Remove the row; False if there was none."""
+        ...
 
-    def list(self) -> list[RecordMeta]: ...
+    def keys(self) -> list[str]:
+        """Every row key, sorted (no decryption)."""
+        ...
+
+    def reseal(self, sealer: Sealer) -> int:
+        """Re-encrypt every row under `sealer`'s newest key and use `sealer` from now on;
+        returns how many rows. Versions are unchanged (the tokens are), so a refresher's
+        compare-and-set based on the current version still succeeds. A backend that keeps no
+        ciphertext returns its row count."""
+        ...
 
     def close(self) -> None: ...

@@ -18,24 +18,31 @@ facts (`host_identity`, `holder_alive`, `boot_clock`) are read from /proc here, 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .base import StoreError
 
 __all__ = [
     "RENEWALS_PER_TTL",
     "Holder",
     "LeaseClocks",
     "LeaseRow",
+    "Renewer",
     "boot_clock",
     "holder_alive",
     "host_identity",
     "lease_verdict",
     "process_start",
 ]
+
+log = logging.getLogger(__name__)
 
 # A holder renews its lease this many times per TTL, so one late renewal does not lose it.
 RENEWALS_PER_TTL = 3
@@ -206,3 +213,53 @@ def lease_verdict(
             f"has not renewed it for {unchanged_for:.1f}s"
         )
     return None
+
+
+class Renewer:
+    """Extends a held lease every `every` seconds, so a refresh may outlast the lease's TTL.
+
+    `renew()` extends the lease if it is still the caller's and says whether it was; it may
+    raise the backend's StoreError (logged, retried at the next tick) unless `closed()`. A
+    holder that dies stops renewing with it, so the TTL still bounds how long a killed holder
+    blocks everyone. Stops with the lock's block; the release waits for it. Shared by every
+    backend with a lease.
+    """
+
+    def __init__(
+        self,
+        credential: str,
+        every: float,
+        renew: Callable[[], bool],
+        closed: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._credential, self._every, self._renew, self._closed = credential, every, renew, closed
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"authproxy-lease-{credential}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._every):
+            try:
+                kept = self._renew()
+            except StoreError as e:
+                if self._closed():
+                    return
+                log.warning("could not renew the refresh lock of %r (%s)", self._credential, e)
+                continue
+            if not kept:
+                if not self._stopping.is_set():
+                    log.error(
+                        "lost the refresh lock of %r: this holder stalled for longer than "
+                        "its lease and another one took it over; their refresh may race this one",
+                        self._credential,
+                    )
+                return

@@ -6,9 +6,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from ..tokens import Token
-from .base import Record, RecordMeta, VersionConflict
+from .base import Record, VersionConflict
+
+if TYPE_CHECKING:
+    from .sealer import Sealer
 
 
 class MemoryStore:
@@ -47,12 +51,14 @@ class MemoryStore:
         with self._guard:
             return self._rows.pop(credential, None) is not None
 
-    def list(self) -> list[RecordMeta]:
+    def keys(self) -> list[str]:
         with self._guard:
-            return [
-                RecordMeta(r.credential, r.token.expires_at, r.updated_at, r.version)
-                for r in sorted(self._rows.values(), key=lambda r: r.credential)
-            ]
+            return sorted(self._rows)
+
+    def reseal(self, sealer: Sealer) -> int:
+        # Rows never leave this process, so nothing is sealed: nothing to re-encrypt.
+        with self._guard:
+            return len(self._rows)
 
     def close(self) -> None:
         pass

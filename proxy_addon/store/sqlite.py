@@ -9,7 +9,6 @@ token the IdP has rotated exists nowhere else, so losing the commit would lose t
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -17,19 +16,22 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-
-from cryptography.fernet import InvalidToken
+from typing import TYPE_CHECKING
 
 from ..tokens import Token
-from .base import Record, RecordMeta, StoreError, VersionConflict
-from .keys import Keyring
-from .lease import RENEWALS_PER_TTL, Holder, LeaseClocks, LeaseRow, lease_verdict
-from .paths import ensure_private_dir
+from .base import MissingStoreError, Record, StoreError, VersionConflict
+from .keys import Keyring, load_keys
+from .lease import RENEWALS_PER_TTL, Holder, LeaseClocks, LeaseRow, Renewer, lease_verdict
+from .paths import default_db_path, default_key_file, ensure_private_dir
 from .safety import UnsafePathError, check_dir, check_sidecar
+from .sealer import CorruptRowError, DamagedRowError, Sealer, UndecryptableError
+
+if TYPE_CHECKING:
+    from ..config import StoreConfig
 
 __all__ = [
     "CorruptRowError",
@@ -39,6 +41,7 @@ __all__ = [
     "SqliteStore",
     "StoreBusyError",
     "UndecryptableError",
+    "open_sqlite",
     "stored_rows",
 ]
 
@@ -81,23 +84,6 @@ class CorruptStoreError(StoreError):
     """The file is not an authproxy token store (not SQLite, damaged, or truncated)."""
 
 
-class MissingStoreError(StoreError):
-    """There is no store yet and the caller asked not to create one."""
-
-
-class UndecryptableError(StoreError):
-    """No key in the keyring decrypts a row: the store was written with another key."""
-
-
-class CorruptRowError(StoreError):
-    """A row decrypts but does not hold this credential's token (damaged or swapped)."""
-
-
-class DamagedRowError(UndecryptableError):
-    """No key decrypts this row, yet the key reads the store's other rows: the row is damaged
-    (or was written with a key since dropped from the keyring), not the whole store."""
-
-
 class StoreBusyError(StoreError):
     """Another process kept the database locked for longer than the busy timeout."""
 
@@ -127,7 +113,7 @@ class SqliteStore:
     def __init__(
         self,
         path: Path,
-        keyring: Keyring,
+        sealer: Sealer | Keyring,
         *,
         create: bool = True,
         lock_ttl: float = 15.0,
@@ -135,7 +121,9 @@ class SqliteStore:
         clocks: LeaseClocks | None = None,
     ) -> None:
         self.path = Path(path)
-        self._keyring = keyring
+        if isinstance(sealer, Keyring):
+            sealer = Sealer(sealer)
+        self._sealer = sealer.at(str(self.path))
         self._lock_ttl = lock_ttl
         self._busy_timeout = busy_timeout
         self._clocks = clocks or LeaseClocks()
@@ -162,7 +150,8 @@ class SqliteStore:
         if row is None:
             return None
         ciphertext, version, updated_at = row
-        return Record(credential, self._decrypt(credential, ciphertext), version, updated_at)
+        token = self._sealer.open(credential, ciphertext, lambda: self._other_rows(credential))
+        return Record(credential, token, version, updated_at)
 
     @contextmanager
     def lock(self, credential: str, timeout: float = 60.0) -> Iterator[None]:
@@ -170,7 +159,12 @@ class SqliteStore:
         # now holds; pid and thread are there for whoever inspects the locks table.
         owner = f"{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex}"
         self._acquire(credential, owner, timeout)
-        renewer = _Renewer(self, credential, owner, self._lock_ttl / RENEWALS_PER_TTL)
+        renewer = Renewer(
+            credential,
+            self._lock_ttl / RENEWALS_PER_TTL,
+            lambda: self._renew(credential, owner),
+            lambda: self._closed,
+        )
         try:
             renewer.start()
             yield
@@ -180,7 +174,7 @@ class SqliteStore:
 
     def put(self, credential: str, token: Token, expected_version: int | None) -> Record:
         # Encrypt before taking the write lock: the transaction stays as short as possible.
-        ciphertext = self._encrypt(credential, token)
+        ciphertext = self._sealer.seal(credential, token)
         conn = self._conn()
         with self._errors(f"storing {credential!r}"), self._transaction(conn):
             row = conn.execute(
@@ -212,13 +206,11 @@ class SqliteStore:
             cur = conn.execute("DELETE FROM tokens WHERE credential = ?", (credential,))
         return cur.rowcount > 0
 
-    def list(self) -> list[RecordMeta]:
+    def keys(self) -> list[str]:
         conn = self._conn()
         with self._errors("listing credentials"):
-            rows = conn.execute(
-                "SELECT credential, expires_at, updated_at, version FROM tokens ORDER BY credential"
-            ).fetchall()
-        return [RecordMeta(*row) for row in rows]
+            rows = conn.execute("SELECT credential FROM tokens ORDER BY credential").fetchall()
+        return [row[0] for row in rows]
 
     def close(self) -> None:
         self._closed = True
@@ -228,26 +220,15 @@ class SqliteStore:
         for c in conns:
             c.close()
 
-    # -- beyond the protocol --------------------------------------------------------------
-
-    @property
-    def keyring(self) -> Keyring:
-        return self._keyring
-
-    def rotate(self, keyring: Keyring) -> int:
-        """Re-encrypt every row with `keyring`'s newest key; returns how many rows.
+    def reseal(self, sealer: Sealer) -> int:
+        """Re-encrypt every row under `sealer`'s newest key (see TokenStore.reseal).
 
         One transaction per row: an interrupted rotation leaves each row either old or new,
-        and both stay readable while the old key is still in the ring. Versions are not
-        bumped, because the token did not change and a refresher's compare-and-set based on
-        the current version must still succeed. From now on this store uses `keyring`.
+        and both stay readable while the old key is still in the ring.
         """
-        self._keyring = keyring
+        self._sealer = sealer = sealer.at(str(self.path))
         conn = self._conn()
-        with self._errors("listing rows to re-encrypt"):
-            names = [
-                r[0] for r in conn.execute("SELECT credential FROM tokens ORDER BY credential")
-            ]
+        names = self.keys()
         rotated = 0
         for name in names:
             with self._errors(f"re-encrypting {name!r}"), self._transaction(conn):
@@ -256,10 +237,7 @@ class SqliteStore:
                 ).fetchone()
                 if row is None:
                     continue  # logged out while we were rotating
-                try:
-                    ciphertext = keyring.fernet.rotate(bytes(row[0]))
-                except InvalidToken:
-                    raise self._unreadable(name) from None
+                ciphertext = sealer.reseal(name, row[0])
                 conn.execute(
                     "UPDATE tokens SET ciphertext = ? WHERE credential = ?", (ciphertext, name)
                 )
@@ -272,6 +250,8 @@ class SqliteStore:
             log.info("checkpoint after key rotation deferred: the store is in use")
         log.info("re-encrypted %d row(s) of %s with the newest key", rotated, self.path)
         return rotated
+
+    # -- beyond the protocol --------------------------------------------------------------
 
     def __enter__(self) -> SqliteStore:
         return self
@@ -625,120 +605,14 @@ class SqliteStore:
         finally:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
 
-    # -- encryption ---------------------------------------------------------------------------
-
-    def _encrypt(self, credential: str, token: Token) -> bytes:
-        # The credential name is inside the ciphertext, so a row copied onto another
-        # credential's name is detected instead of silently sending the wrong token.
-        envelope = json.dumps(
-            {"credential": credential, "token": token.to_json()}, separators=(",", ":")
-        )
-        return self._keyring.fernet.encrypt(envelope.encode())
-
-    def _decrypt(self, credential: str, ciphertext: bytes) -> Token:
-        try:
-            plaintext = self._keyring.fernet.decrypt(bytes(ciphertext))
-        except InvalidToken:
-            raise self._unreadable(credential) from None
-        try:
-            envelope = json.loads(plaintext)
-            if not isinstance(envelope, dict) or envelope.get("credential") != credential:
-                raise ValueError("credential mismatch")
-            return Token.from_json(envelope["token"])
-        except (ValueError, KeyError, TypeError):
-            # `from None`: the parse error could quote parts of the plaintext.
-            name = _name(credential)
-            raise CorruptRowError(
-                f"the stored token of {_describe(credential)} in {self.path} is not this "
-                "credential's token (the row was damaged or copied from another credential). "
-                f"Run `authproxy logout {name}` and log in again"
-            ) from None
-
-    def _unreadable(self, credential: str) -> StoreError:
-        """Why no key decrypts `credential`'s row: a damaged row, if the key reads another one;
-        otherwise (presumably) a store written with another key."""
-        if self._key_reads_another_row(credential):
-            return DamagedRowError(
-                f"the stored token of {_describe(credential)} in {self.path} is damaged: it "
-                f"cannot be decrypted, although the key from {self._keyring.source} reads the "
-                "store's other rows (or it was written with a key no longer in the keyring). "
-                f"Run `authproxy logout {_name(credential)}` to discard it, then log in again "
-                "if the credential needs a sign-in"
-            )
-        return UndecryptableError(self._undecryptable_message(credential))
-
-    def _key_reads_another_row(self, credential: str) -> bool:
+    def _other_rows(self, credential: str) -> list[bytes]:
+        """The sealed rows other than `credential`'s (to tell a damaged row from a wrong key)."""
         conn = self._conn()
         with self._errors("checking the key against the other rows"):
             rows = conn.execute(
                 "SELECT ciphertext FROM tokens WHERE credential != ?", (credential,)
             ).fetchall()
-        for (ciphertext,) in rows:
-            try:
-                self._keyring.fernet.decrypt(bytes(ciphertext))
-            except InvalidToken:
-                continue
-            return True
-        return False
-
-    def _undecryptable_message(self, credential: str) -> str:
-        return (
-            f"cannot decrypt the stored token of {_describe(credential)} in {self.path} with "
-            f"any key from {self._keyring.source}: the store was written with a different key. "
-            "Set AUTHPROXY_KEY to the key this store was written with, or run "
-            f"`authproxy logout {_name(credential)}` to discard the stored token"
-        )
-
-
-class _Renewer:
-    """Extends a held lease every `every` seconds, so a refresh may outlast the TTL.
-
-    A holder that dies stops renewing with it, so the TTL still bounds how long a killed holder
-    on another host blocks everyone. Stops with the lock's block; the release waits for it.
-    """
-
-    def __init__(self, store: SqliteStore, credential: str, owner: str, every: float) -> None:
-        self._store, self._credential, self._owner, self._every = store, credential, owner, every
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"authproxy-lease-{credential}", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.ident is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stopping.wait(self._every):
-            try:
-                kept = self._store._renew(self._credential, self._owner)
-            except StoreError as e:
-                if self._store._closed:
-                    return
-                log.warning("could not renew the refresh lock of %r (%s)", self._credential, e)
-                continue
-            if not kept:
-                if not self._stopping.is_set():
-                    log.error(
-                        "lost the refresh lock of %r: this holder stalled for longer than "
-                        "its lease and another one took it over; their refresh may race this one",
-                        self._credential,
-                    )
-                return
-
-
-def _name(credential: str) -> str:
-    """The credential name of a store key (`name#identity`, see CredentialConfig.store_key)."""
-    return credential.partition("#")[0]
-
-
-def _describe(credential: str) -> str:
-    name = _name(credential)
-    return repr(name) if name == credential else f"{name!r} (row {credential!r})"
+        return [bytes(r[0]) for r in rows]
 
 
 def _check_files(path: Path) -> os.stat_result:
@@ -792,3 +666,15 @@ def stored_rows(path: Path) -> int:
     except sqlite3.Error:
         return 0
     return int(count)
+
+
+def open_sqlite(cfg: StoreConfig, env: Mapping[str, str], create: bool = True) -> SqliteStore:
+    """The configured store (store/registry.py), with its key from AUTHPROXY_KEY or the key
+    file; `create=True` may create the database and generate a key file."""
+    db_path = cfg.path or default_db_path(env)
+    key_file = cfg.key_file or default_key_file(env)
+    # Counted before a key is generated: a fresh key over existing rows would only make every
+    # later start fail with "a different key".
+    rows = stored_rows(db_path)
+    keyring = load_keys(key_file, env, db_path=db_path, create=create, stored_rows=rows)
+    return SqliteStore(db_path, keyring, create=create)

@@ -630,6 +630,10 @@ def _grant_keys(
             own[key] = value
         elif value is not None:
             options[key] = value
+    given = {k for k, v in {**own, **options, **read}.items() if v}
+    if rules.one_of and not any(set(group) <= given for group in rules.one_of):
+        choices = " or ".join(" with ".join(group) for group in rules.one_of)
+        raise c.error(rules.one_of[0][0], f"grant {grant} needs {choices}")
     if options:
         own["options"] = options
     return own

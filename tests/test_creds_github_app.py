@@ -61,6 +61,8 @@ def test_config(tmp_path: Path) -> None:
     narrower = parse({"app_id": "1", "installation_id": "2", "private_key_file": "/k.pem",
                       "repositories": ["alpha"]})  # fmt: skip
     assert cfg.identity != narrower.identity  # tokens of different scope never mix
+    with pytest.raises(ConfigError, match=r"c\.app_id: grant github_app needs app_id or client_id"):
+        parse({"installation_id": "2", "private_key_file": "/k.pem"})
     with pytest.raises(ConfigError, match=r"c\.installation_id: is required"):
         parse({"app_id": "1", "private_key_file": "/k.pem"})
     # The github preset's OAuth endpoints do not get in the way.

@@ -66,6 +66,12 @@ def test_config_rules(tmp_path: Path) -> None:
     b = parse({"service_account_file": "/b.json"})
     assert a.token_url is None and a.client_id is None
     assert a.identity != b.identity  # two service accounts never share stored tokens
+    with pytest.raises(
+        ConfigError,
+        match=r"c\.service_account_file: grant jwt_bearer needs "
+        r"service_account_file or private_key_file with assertion_issuer",
+    ):
+        parse({"token_url": "https://idp.test/token", "private_key_file": "/k.pem"})
     with pytest.raises(ConfigError, match=r"c\.token_url: is required"):
         parse({"private_key_file": "/k.pem", "assertion_issuer": "me"})
     generic = parse({"token_url": "https://idp.test/token", "private_key_file": "/k.pem",

@@ -85,6 +85,8 @@ class ConfigRules:
     installation): they enter the credential's store identity.
     `endpoint_from`: a key that can stand in for `token_url` (a service-account file names its
     token endpoint).
+    `one_of`: groups of its keys of which at least one must be given whole (a service-account
+    file, or a key file and an issuer).
     """
 
     oauth: bool = True
@@ -98,6 +100,7 @@ class ConfigRules:
     lists: tuple[str, ...] = ()
     identity: tuple[str, ...] = ()
     endpoint_from: str | None = None
+    one_of: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

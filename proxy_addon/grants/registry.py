@@ -76,6 +76,7 @@ GRANTS: dict[str, GrantSpec] = {
                 "assertion_audience",
             ),
             endpoint_from="service_account_file",
+            one_of=(("service_account_file",), ("private_key_file", "assertion_issuer")),
         ),
     ),
     "github_app": GrantSpec(
@@ -94,6 +95,7 @@ GRANTS: dict[str, GrantSpec] = {
             secret=("private_key_passphrase",),
             lists=("repositories", "permissions"),
             identity=("app_id", "installation_id", "api_url", "repositories", "permissions"),
+            one_of=(("app_id",), ("client_id",)),
         ),
     ),
     "static": GrantSpec(

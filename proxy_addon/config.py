@@ -7,6 +7,7 @@ environment), so that the rules are easy to test. Every error names the file, th
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import ipaddress
@@ -431,8 +432,11 @@ def parse_config(
     tokens = top.section("tokens")
     policy = _parse_policy(tokens, TokenPolicy())
     tokens.done()
-    credentials = _parse_credentials(top.section("credentials"), policy)
-    routes = _parse_routes(top, credentials)
+    credentials = {
+        name: _with_file_paths(cred, resolve)
+        for name, cred in _parse_credentials(top.section("credentials"), policy).items()
+    }
+    routes = _parse_routes(top, credentials, resolve)
     confdir = top.str("confdir")
     audit_log = top.str("audit_log")
     top.done()
@@ -649,7 +653,18 @@ def _https_url(c: _Reader, key: str, tenant: str) -> str | None:
     return url
 
 
-def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> RouteTable:
+def _with_file_paths(cred: CredentialConfig, resolve: Callable[[str], Path]) -> CredentialConfig:
+    """Key, certificate and service-account files (`*_file` keys) as paths relative to the
+    config file's directory, as every other path in it, not to wherever the proxy runs."""
+    files = {k: str(resolve(v)) for k, v in cred.options.items() if k.endswith("_file") and v}
+    return dataclasses.replace(cred, options={**cred.options, **files}) if files else cred
+
+
+def _parse_routes(
+    top: _Reader,
+    credentials: Mapping[str, CredentialConfig],
+    resolve: Callable[[str], Path] = Path,
+) -> RouteTable:
     raw = top.raw("routes")
     if raw is None:
         return RouteTable(())
@@ -689,7 +704,9 @@ def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> 
         if (cert_file is None) != (key_file is None):
             missing = "client_key_file" if key_file is None else "client_certificate_file"
             raise r.error(missing, "is required with the other (mutual TLS to the API)")
-        client_cert = (cert_file, key_file) if cert_file and key_file else None
+        client_cert = (
+            (str(resolve(cert_file)), str(resolve(key_file))) if cert_file and key_file else None
+        )
         if credentials[cred].dpop and present != BEARER:
             raise r.error(
                 "present", f"credential {cred!r} uses DPoP, whose tokens go in Authorization"

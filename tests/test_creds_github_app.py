@@ -123,3 +123,15 @@ def test_github_app_through_the_proxy(tmp_path: Path, start_proxy, gh, pki) -> N
     assert gh.requests == 1  # the hour-long token is cached like any other
     (token,) = list(gh.tokens)
     assert token not in proxy.output()
+
+
+def test_key_files_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    cred = {"grant": "github_app", "app_id": "1", "installation_id": "2",
+            "private_key_file": "keys/app.pem"}  # fmt: skip
+    route = {"host": "a.test", "credential": "c", "client_certificate_file": "c.pem",
+             "client_key_file": "c.key"}  # fmt: skip
+    config = parse_config({"credentials": {"c": cred}, "routes": [route]}, "t.yaml",
+                          base_dir=tmp_path)  # fmt: skip
+    assert config.credentials["c"].options["private_key_file"] == str(tmp_path / "keys/app.pem")
+    (r,) = list(config.routes)
+    assert r.client_cert == (str(tmp_path / "c.pem"), str(tmp_path / "c.key"))

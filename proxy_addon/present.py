@@ -24,7 +24,16 @@ if TYPE_CHECKING:
 
     from .tokens import Token
 
-__all__ = ["BEARER", "REDACTED_PROOF", "Presentation", "apply", "parse_present", "redact", "strip"]
+__all__ = [
+    "BEARER",
+    "REDACTED_PROOF",
+    "Presentation",
+    "apply",
+    "carried",
+    "parse_present",
+    "redact",
+    "strip",
+]
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 token
 # Headers whose meaning to the proxy or to HTTP framing a token must never take over.
@@ -121,6 +130,14 @@ def redact(req: http.Request, p: Presentation, token_type: str, mark: str) -> No
         req.headers[p.name] = f"Basic {mark}"
     else:
         req.headers[p.name] = _value(p, token_type, mark)
+
+
+def carried(req: http.Request, p: Presentation) -> bool:
+    """Does the client's request already carry a credential where `p` would put the token?
+    (A route's `existing_authorization` then says keep, reject or replace.)"""
+    if p.kind == "query":
+        return p.name in req.query
+    return p.name in req.headers
 
 
 def strip(req: http.Request, p: Presentation) -> None:

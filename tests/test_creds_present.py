@@ -10,6 +10,7 @@ import pytest
 from mitmproxy.test import tflow
 
 from proxy_addon.present import BEARER, Presentation, apply, parse_present, redact
+from proxy_addon.present import carried as present_carried
 from proxy_addon.tokens import Token
 
 TOKEN = Token(access_token="tok-SECRET-1", expires_at=1e12, obtained_at=0.0)
@@ -96,3 +97,35 @@ def test_query_parameter_replaces_the_clients_and_is_redacted() -> None:
 def test_bad_presentations_are_refused(raw: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_present(raw)
+
+
+def test_what_counts_as_the_clients_own_credential() -> None:
+    flow = tflow.tflow()
+    flow.request.path = "/v1?api_key=mine"
+    assert present_carried(flow.request, parse_present({"query": "api_key"}))
+    assert not present_carried(flow.request, parse_present({"header": "X-Api-Key"}))
+    flow.request.headers["x-api-key"] = "mine"
+    assert present_carried(flow.request, parse_present({"header": "X-Api-Key"}))
+    assert not present_carried(flow.request, BEARER)  # no Authorization of its own
+
+
+@pytest.mark.parametrize(("existing", "action"), [("keep", "pass"), ("reject", "refuse"),
+                                                  ("replace", "inject")])  # fmt: skip
+def test_existing_authorization_applies_to_where_the_route_presents(
+    existing: str, action: str
+) -> None:
+    from proxy_addon.config import parse_config
+    from proxy_addon.decision import decide
+
+    routes = parse_config({
+        "credentials": {"api": {"grant": "static", "token": "t"}},
+        "routes": [{"host": "api.example.test", "credential": "api",
+                    "present": {"header": "X-Api-Key"}, "existing_authorization": existing}],
+    }, "t.yaml").routes  # fmt: skip
+    flow = tflow.tflow()
+    flow.request.scheme, flow.request.host, flow.request.port = "https", "api.example.test", 443
+    flow.client_conn.sni = "api.example.test"  # every name agrees: only the header decides
+    flow.request.headers["authorization"] = "Basic aGk6dGhlcmU="  # not where this route puts it
+    assert decide(flow, routes).action == "inject"
+    flow.request.headers["x-api-key"] = "the client's own"
+    assert decide(flow, routes).action == action

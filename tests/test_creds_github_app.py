@@ -135,3 +135,16 @@ def test_key_files_are_relative_to_the_config_file(tmp_path: Path) -> None:
     assert config.credentials["c"].options["private_key_file"] == str(tmp_path / "keys/app.pem")
     (r,) = list(config.routes)
     assert r.client_cert == (str(tmp_path / "c.pem"), str(tmp_path / "c.key"))
+
+
+def test_a_token_unfit_for_a_header_is_refused(tmp_path: Path, gh, pki) -> None:
+    from proxy_addon.idp_http import Answer
+
+    grant = make_grant(parse(app_cred(gh, tmp_path / "k.pem")), True)
+    body = b'{"token": "ghs_x\\r\\nX-Evil: 1", "expires_at": "2030-01-01T00:00:00Z"}'
+    with pytest.raises(GrantError, match="RFC 6750 b64token"):
+        grant.read(Answer(201, {}, body), time.time())
+    ok = grant.read(
+        Answer(201, {}, b'{"token": "ghs_ok", "expires_at": "2030-01-01T00:00:00Z"}'), 0
+    )
+    assert ok.access_token == "ghs_ok" and ok.expires_at == 1893456000

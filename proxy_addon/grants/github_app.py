@@ -11,6 +11,7 @@ Basic `x-access-token:<token>` (a route's `present:`), the REST API as `Bearer`/
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
 CLOCK_DRIFT = 60  # iat this far back (GitHub's advice)
 JWT_LIFETIME = 540  # exp - now; GitHub refuses more than 600
+# What may go into a request header or query: RFC 6750 §2.1's b64token, as for OAuth tokens.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 def app_jwt_claims(issuer: str, now: float | None = None) -> dict[str, Any]:
@@ -121,6 +124,13 @@ class GitHubAppGrant:
         message = clean(str(data.get("message", ""))) if isinstance(data, dict) else ""
         status = answer.status
         if status == 201 and isinstance(data, dict) and isinstance(data.get("token"), str):
+            if not _B64TOKEN.fullmatch(data["token"]):
+                raise GrantError(
+                    "invalid_token_response",
+                    f"credential {self.name!r}: GitHub's token has characters a token may not "
+                    "have (RFC 6750 b64token); refused",
+                    terminal=False,
+                )
             try:
                 expires = datetime.fromisoformat(str(data["expires_at"]).replace("Z", "+00:00"))
             except (KeyError, ValueError):

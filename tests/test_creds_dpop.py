@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
@@ -179,3 +180,64 @@ def test_dpop_through_the_proxy_with_api_nonce_and_restart(
     r = proxy.session().get(url, timeout=30)
     assert r.status_code == 200, r.text
     assert idp.token_requests == 1
+
+
+def test_login_binds_the_code_to_the_stored_key_and_the_proxy_uses_it(
+    tmp_path: Path, start_proxy, idp, api, pki
+) -> None:
+    # `authproxy login` makes the key and stores it; the authorization request names it
+    # (dpop_jkt), the IdP redeems the code only with a proof of that key; then the proxy, another
+    # process, reads the same key from the store for its proofs and its refreshes.
+    import yaml
+    from support.user_agent import sign_in
+    from test_e2e_login import PASSWORD, PUBLIC_CLIENT, USER, Cli, _auth_url
+
+    idp.add_user(USER, PASSWORD)
+    idp.add_client(PUBLIC_CLIENT, None, redirect_uris=["http://127.0.0.1/callback"])
+    api.dpop_jkt_of = idp.dpop_jkt_of
+    config = {
+        "ca_certs": [str(pki.ca_cert)],
+        "store": {"path": str(tmp_path / "state" / "tokens.db"),
+                  "key_file": str(tmp_path / "keys" / "store.key")},
+        "credentials": {"api": {"issuer": idp.url, "client_id": PUBLIC_CLIENT,
+                                "grant": "authorization_code", "dpop": True}},
+        "routes": [route("api.example.test", api.port)],
+    }  # fmt: skip
+    path = tmp_path / "login.yaml"
+    path.write_text(yaml.safe_dump({**config, "confdir": str(tmp_path / "mitmproxy")}))
+    cli = Cli(path, "login", "api")
+    url = _auth_url(cli)
+    (jkt,) = parse_qs(urlsplit(url).query)["dpop_jkt"]
+    sign_in(url, username=USER, password=PASSWORD, ca=str(pki.ca_cert))
+    code, out = cli.finish()
+    assert code == 0, out
+    with idp._lock:
+        (token,) = list(idp._access)
+    assert idp.dpop_jkt_of(token) == jkt
+
+    proxy = start_proxy(config)
+    url_api = f"https://api.example.test:{api.port}/"
+    assert proxy.session().get(url_api, timeout=30).status_code == 200
+    idp.expire_access_tokens()
+    assert proxy.session().get(url_api, timeout=30).status_code == 200  # a DPoP refresh
+    assert idp.grant_counts == {"authorization_code": 1, "refresh_token": 1}
+    with idp._lock:
+        assert all(idp._dpop_bound.get(t) == jkt for t in idp._access)
+
+
+def test_a_code_bound_to_one_key_is_not_redeemed_with_another(idp, pki) -> None:
+    import requests
+
+    from proxy_addon.demo.idp_protocol import AuthorizationRequest
+
+    key, other = DpopKey.generate(), DpopKey.generate()
+    idp.add_client("pub", None, redirect_uris=["http://127.0.0.1/cb"])
+    request = AuthorizationRequest("pub", "http://127.0.0.1/cb", False, "", None, None,
+                                   {"dpop_jkt": key.thumbprint})  # fmt: skip
+    code = idp._grants.new_code(request, "alice", 60)
+    form = {"grant_type": "authorization_code", "code": code, "client_id": "pub"}
+    for k, status in ((other, 400), (None, 400), (key, 200)):
+        headers = {"DPoP": proof(k, "POST", idp.token_url)} if k else {}
+        r = requests.post(idp.token_url, data=form, headers=headers, verify=str(pki.ca_cert),
+                          timeout=10)  # fmt: skip
+        assert r.status_code == status, r.text

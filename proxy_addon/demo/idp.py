@@ -536,6 +536,11 @@ class AuthServer(BackgroundServer):
             return self._jwt_bearer(form, request)
         client_id = self._client_of(form, request)
         jkt = self._dpop_proof(request)  # before the grant: a refused proof spends no code
+        if form.get("grant_type") == "authorization_code":
+            bound = self._grants.code_dpop_jkt(form.get("code", ""))
+            if bound is not None and bound != jkt:
+                # RFC 9449 §10.1: only the key named at the authorization endpoint redeems it.
+                raise OAuthError("invalid_dpop_proof", "the code is bound to another DPoP key")
         grant_type = _required(form, "grant_type")
         handlers: dict[str, _GrantHandler] = {
             "client_credentials": self._client_credentials,

@@ -308,6 +308,12 @@ class GrantStore:
             self._codes[code] = _Code(request, subject, time.time() + ttl, _family())
         return code
 
+    def code_dpop_jkt(self, presented: str) -> str | None:
+        """The DPoP key thumbprint an authorization code is bound to (RFC 9449 §10), if any."""
+        with self.lock:
+            code = self._codes.get(presented)
+            return code.request.fields.get("dpop_jkt") if code is not None else None
+
     def redeem_code(
         self,
         client_id: str,

@@ -232,3 +232,12 @@ def test_private_key_jwt_through_the_proxy(tmp_path: Path, start_proxy, idp, api
     assert idp.jwt.accepted[-1].headers["alg"] == "PS256"
     assert "client_assertion" not in idp.requests_log[0]  # never logged
     assert path.read_bytes()[:40].decode() not in proxy.output()
+
+
+def test_a_key_made_readable_by_others_later_is_refused(tmp_path: Path) -> None:
+    # The parsed key is cached, but not past a chmod.
+    path = write_key(tmp_path / "k.pem", new_key("EC"))
+    assert load_private_key(str(path), key="private_key_file")
+    path.chmod(0o644)
+    with pytest.raises(KeyFileError, match="can be read by other users"):
+        load_private_key(str(path), key="private_key_file")

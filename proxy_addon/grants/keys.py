@@ -79,16 +79,14 @@ def load_private_key(path: str, *, key: str, passphrase: str | None = None) -> P
     p = Path(path).expanduser()
     try:
         st = p.stat()
-        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)  # chmod too
     except OSError:
-        stamp = (0, 0, 0)  # read_private_file below says what is wrong
+        stamp = (0, 0, 0, 0)  # read_private_file below says what is wrong
     return _load_cached(str(p), key, passphrase, stamp)
 
 
 @functools.lru_cache(maxsize=64)
-def _load_cached(
-    path: str, key: str, passphrase: str | None, stamp: tuple[int, int, int]
-) -> PrivateKey:
+def _load_cached(path: str, key: str, passphrase: str | None, stamp: tuple[int, ...]) -> PrivateKey:
     return parse_private_key(read_private_file(path, key=key), key=key, passphrase=passphrase)
 
 
@@ -204,15 +202,17 @@ def check_tls_pair(cert_path: str, key_path: str) -> tuple[str, str]:
     cert = str(Path(cert_path).expanduser())
     key = str(Path(key_path).expanduser())
     try:
-        stamps = tuple((st.st_size, st.st_mtime_ns, st.st_ino) for st in map(os.stat, (cert, key)))
+        stamps = tuple(
+            (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode) for st in map(os.stat, (cert, key))
+        )
     except OSError:
-        stamps = ((0, 0, 0), (0, 0, 0))
+        stamps = ((0, 0, 0, 0), (0, 0, 0, 0))
     _check_pair_cached(cert, key, stamps)
     return cert, key
 
 
 @functools.lru_cache(maxsize=64)
-def _check_pair_cached(cert: str, key: str, stamps: tuple[tuple[int, int, int], ...]) -> None:
+def _check_pair_cached(cert: str, key: str, stamps: tuple[tuple[int, ...], ...]) -> None:
     pem = read_private_file(key, key="client_key_file")
     if b"ENCRYPTED" in pem:
         raise KeyFileError(

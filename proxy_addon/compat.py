@@ -31,6 +31,7 @@ __all__ = [
     "mark_request_forms",
     "place_after_proxyauth",
     "replay",
+    "sent_to_listen_port",
     "server_tls",
 ]
 
@@ -163,3 +164,10 @@ def mark_request_forms() -> None:
 def absolute_form(request: http.Request) -> bool:
     """Whether the client named the target in its request line (a request *to a proxy*)."""
     return request in _absolute or bool(request.authority)
+
+
+def sent_to_listen_port(flow: http.HTTPFlow) -> bool:
+    """Whether the request came on a connection made to the proxy for itself, not through a
+    CONNECT tunnel: until mitmproxy opens an upstream connection for it (after the request
+    hooks), such a flow's server has no address; a tunnelled flow's has the tunnel's target."""
+    return flow.server_conn.address is None

@@ -1,6 +1,7 @@
 """Every use of mitmproxy internals, in one place.
 
-mitmproxy has no public API for these; each is pinned by a test in `tests/test_compat.py` that
+mitmproxy has no public API for these; each is pinned by a test in `tests/test_compat.py` (and
+`server_tls` in `tests/test_creds_compat.py`) that
 fails loudly (naming the function here) when an upgrade changes what it relies on:
 
 - `replay`: send a flow upstream and wait for its answer (`ReplayHandler`, as ClientPlayback).

@@ -1,8 +1,8 @@
 """Every use of mitmproxy internals, in one place.
 
 mitmproxy has no public API for these; each is pinned by a test in `tests/test_compat.py` (and
-`server_tls` in `tests/test_creds_compat.py`) that
-fails loudly (naming the function here) when an upgrade changes what it relies on:
+`server_tls` in `tests/test_creds_compat.py`) that fails loudly (naming the function here) when
+an upgrade changes what it relies on:
 
 - `replay`: send a flow upstream and wait for its answer (`ReplayHandler`, as ClientPlayback).
 - `place_after_proxyauth`: put an addon right after proxy authentication in the hook chain.

@@ -795,3 +795,85 @@ def test_modify_headers_on_message_framing_cannot_smuggle_the_next_token(
     with idp._lock:
         tokens = list(idp._access)
     assert secrets_in(captured, tokens) == [], "the next request's token became another's body"
+
+
+# --- 8. HTTP/2 from the client (connection_strategy=lazy lets the proxy speak h2 to the client
+# while the demo API speaks HTTP/1.1) ---------------------------------------------------------
+
+
+def h2_request(port: int, ca: Path, connect: str, sni: str, headers: list[tuple[str, str]]) -> int:
+    """One hand-made HTTP/2 request inside a CONNECT tunnel, with header validation off so
+    duplicate or conflicting pseudo-headers go out as written; the answer's status (0: none)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=8)
+    s.sendall(f"CONNECT {connect} HTTP/1.1\r\nHost: {connect}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    t = ctx.wrap_socket(s, server_hostname=sni)
+    if t.selected_alpn_protocol() != "h2":
+        t.close()
+        return -1
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
+    )
+    conn.initiate_connection()
+    conn.send_headers(1, headers, end_stream=True)
+    t.sendall(conn.data_to_send())
+    deadline, status = time.monotonic() + 6, 0
+    while time.monotonic() < deadline and not status:
+        try:
+            data = t.recv(65536)
+        except (TimeoutError, ssl.SSLError, ConnectionError):
+            break
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                status = int(dict(ev.headers)[b":status"])
+            elif isinstance(ev, h2.events.StreamReset | h2.events.ConnectionTerminated):
+                status = status or 1
+        t.sendall(conn.data_to_send())
+    t.close()
+    return status
+
+
+def test_http2_names_must_agree(start_proxy, idp: AuthServer, api: ApiServer) -> None:
+    proxy = start_proxy(
+        {
+            "credentials": {"api": cc_credential(idp.token_url)},
+            "routes": [route("api.example.test", api.port)],
+        },
+        "--set",
+        "connection_strategy=lazy",
+    )
+    a, o = f"api.example.test:{api.port}", f"other.test:{api.port}"
+
+    def send(*extra: tuple[str, str], authority: str | None = a, sni: str = "api.example.test"):
+        hs = [(":method", "GET"), (":scheme", "https"), (":path", "/h2")]
+        if authority is not None:
+            hs.insert(1, (":authority", authority))
+        return h2_request(proxy.port, proxy.ca, a, sni, [*hs, *extra])
+
+    assert send() == 200  # baseline: the proxy speaks h2 to the client here
+    probes = {
+        "authority other": send(authority=o),
+        "host other": send(("host", o)),
+        "no authority, host other": send(("host", o), authority=None),
+        "two authorities": send((":authority", o)),
+        "authority with userinfo": send(authority=f"x@{o}"),
+        "sni other": send(sni="other.test"),
+        "authority upper+dot": send(authority=f"API.EXAMPLE.TEST.:{api.port}"),
+    }
+    assert probes["authority upper+dot"] in (200, 421, 1)
+    misrouted_ = [e for e in api.requests_log if e["token_fp"] and _canon(e["host_header"]) != a]
+    assert misrouted_ == [], (probes, misrouted_)

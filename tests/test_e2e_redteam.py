@@ -13,6 +13,7 @@ host; a second API server (`other`) stands for a different machine.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -877,3 +878,159 @@ def test_http2_names_must_agree(start_proxy, idp: AuthServer, api: ApiServer) ->
     assert probes["authority upper+dot"] in (200, 421, 1)
     misrouted_ = [e for e in api.requests_log if e["token_fp"] and _canon(e["host_header"]) != a]
     assert misrouted_ == [], (probes, misrouted_)
+
+
+# --- 9. a hostile WebSocket API --------------------------------------------------------------
+
+
+class WsEcho:
+    """A TLS WebSocket server that, once a client connects with a Bearer token, sends that
+    token back in every shape: whole, split across two messages, fragmented, binary, and as
+    the close reason. Records whether each handshake carried a token."""
+
+    def __init__(self, pki: Pki) -> None:
+        import threading
+
+        self._tls = pki.server_context()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.tokens_seen: list[str] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self._sock.accept()
+            except OSError:
+                return
+            with contextlib.suppress(OSError, ssl.SSLError):
+                self._one(self._tls.wrap_socket(raw, server_side=True))
+
+    def _one(self, conn: ssl.SSLSocket) -> None:
+        import wsproto
+        import wsproto.events as ev
+        from wsproto.frame_protocol import CloseReason
+
+        conn.settimeout(5)
+        ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        token = None
+        while token is None:
+            data = conn.recv(65536)
+            if not data:
+                return
+            ws.receive_data(data)
+            for e in ws.events():
+                if isinstance(e, ev.Request):
+                    auth = dict((k.lower(), v) for k, v in e.extra_headers).get(b"authorization")
+                    token = (auth or b"").decode().partition(" ")[2]
+                    self.tokens_seen.append(token)
+                    conn.sendall(ws.send(ev.AcceptConnection()))
+        half = len(token) // 2
+        out = [
+            ev.TextMessage(data=f"whole {token}"),
+            ev.TextMessage(data=f"split {token[:half]}"),
+            ev.TextMessage(data=f"{token[half:]} end"),
+            ev.TextMessage(data=f"frag {token[:half]}", message_finished=False),
+            ev.TextMessage(data=f"{token[half:]} end"),
+            ev.BytesMessage(data=b"bin " + token.encode()),
+            ev.CloseConnection(code=CloseReason.NORMAL_CLOSURE, reason=token),
+        ]
+        for e in out:
+            conn.sendall(ws.send(e))
+        try:
+            while conn.recv(65536):
+                pass
+        except (OSError, ssl.SSLError):
+            pass
+        conn.close()
+
+    def stop(self) -> None:
+        self._sock.close()
+
+
+def ws_client(proxy: Proxy, host: str, port: int) -> tuple[list[str | bytes], str | None]:
+    """A WebSocket client through the proxy: every message it got and the close reason."""
+    import wsproto
+    import wsproto.events as ev
+
+    a = f"{host}:{port}"
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=8)
+    s.sendall(f"CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    ctx = ssl.create_default_context(cafile=str(proxy.ca))
+    t = ctx.wrap_socket(s, server_hostname=host)
+    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    t.sendall(ws.send(ev.Request(host=a, target="/ws")))
+    got: list[str | bytes] = []
+    parts: list[str | bytes] = []
+    reason = None
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and reason is None:
+        try:
+            data = t.recv(65536)
+        except (TimeoutError, ssl.SSLError, ConnectionError):
+            break
+        if not data:
+            break
+        ws.receive_data(data)
+        for e in ws.events():
+            if isinstance(e, ev.Message):
+                parts.append(e.data)
+                if e.message_finished:
+                    got.append(type(e.data)().join(parts))  # type: ignore[arg-type]
+                    parts = []
+            elif isinstance(e, ev.CloseConnection):
+                reason = e.reason or ""
+            elif isinstance(e, ev.RejectConnection):
+                reason = f"<rejected {e.status_code}>"
+    t.close()
+    return got, reason
+
+
+@pytest.fixture
+def ws_echo(start_proxy, idp: AuthServer, pki: Pki) -> tuple[str, list[str], str | None]:
+    """The token the WebSocket API got, the messages its client got, and the close reason."""
+    server = WsEcho(pki)
+    try:
+        proxy = start_proxy(
+            {
+                "credentials": {"api": cc_credential(idp.token_url)},
+                "routes": [route("ws.example.test", server.port)],
+            }
+        )
+        got, reason = ws_client(proxy, "ws.example.test", server.port)
+    finally:
+        server.stop()
+    assert server.tokens_seen and server.tokens_seen[0], "the handshake carried no token"
+    texts = [m if isinstance(m, str) else m.decode("latin-1") for m in got]
+    assert len(texts) >= 4, len(texts)
+    return server.tokens_seen[0], texts, reason
+
+
+def test_websocket_whole_fragmented_and_binary_echoes_are_scrubbed(ws_echo) -> None:
+    token, texts, _ = ws_echo
+    assert secrets_in(texts, [token]) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="each WebSocket message is scrubbed on its own; a token split across two "
+    "messages reaches the client",
+)
+def test_websocket_token_split_across_messages_is_scrubbed(ws_echo) -> None:
+    token, texts, _ = ws_echo
+    assert secrets_in(["".join(texts)], [token]) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the close frame's reason is relayed by mitmproxy's WebSocket layer with no hook "
+    "before it leaves; the token echoed there reaches the client",
+)
+def test_websocket_close_reason_is_scrubbed(ws_echo) -> None:
+    token, _, reason = ws_echo
+    assert reason is not None, "no close frame reached the client"
+    assert secrets_in([reason], [token]) == []

@@ -22,6 +22,7 @@ import ssl
 import stat
 import subprocess
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -1034,3 +1035,130 @@ def test_websocket_close_reason_is_scrubbed(ws_echo) -> None:
     token, _, reason = ws_echo
     assert reason is not None, "no close frame reached the client"
     assert secrets_in([reason], [token]) == []
+
+
+# --- 10. hostile raw HTTP/1.1 answers ---------------------------------------------------------
+
+
+class RawApi:
+    """A TLS server that answers every request with `make(token)`, raw bytes, then closes."""
+
+    def __init__(self, pki: Pki, make: Callable[[str], bytes]) -> None:
+        import threading
+
+        self._tls = pki.server_context()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.make = make
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self._sock.accept()
+            except OSError:
+                return
+            with contextlib.suppress(OSError, ssl.SSLError):
+                conn = self._tls.wrap_socket(raw, server_side=True)
+                conn.settimeout(5)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    head += chunk
+                token = ""
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"authorization:"):
+                        token = line.split(b" ", 2)[-1].decode()
+                conn.sendall(self.make(token))
+                conn.close()
+
+    def stop(self) -> None:
+        self._sock.close()
+
+
+def _chunked(body: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(body), body)
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-15)  # deflate without the zlib wrapper, as some servers send
+    return c.compress(data) + c.flush()
+
+
+RAW_ANSWERS: dict[str, Callable[[str], bytes]] = {
+    "reason phrase": lambda t: f"HTTP/1.1 200 OK {t}\r\nContent-Length: 0\r\n\r\n".encode(),
+    "header name": lambda t: f"HTTP/1.1 200 OK\r\nX-{t}: 1\r\nContent-Length: 0\r\n\r\n".encode(),
+    "folded header": lambda t: (
+        f"HTTP/1.1 200 OK\r\nX-A: a\r\n {t}\r\nContent-Length: 0\r\n\r\n".encode()
+    ),
+    "chunked trailer": lambda t: (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+        + _chunked(b"hello")
+        + f"0\r\nX-T: {t}\r\n\r\n".encode()
+    ),
+    "103 early hints": lambda t: (
+        f"HTTP/1.1 103 Early Hints\r\nLink: </x?t={t}>; rel=preload\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    ).encode(),
+    "unknown encoding": lambda t: (
+        f"HTTP/1.1 200 OK\r\nContent-Encoding: x-custom\r\nContent-Length: {len(t)}\r\n\r\n{t}"
+    ).encode(),
+    "corrupt gzip": lambda t: (
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(t) + 10, b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + t.encode())
+    ),
+    "truncated gzip": lambda t: (
+        lambda z: (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(z), z)
+        )
+    )(gzip.compress(t.encode() * 4)[:-12]),
+    "token split by chunked framing": lambda t: (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + _chunked(t[:9].encode())
+        + _chunked(t[9:].encode())
+        + b"0\r\n\r\n"
+    ),
+    "close-delimited body": lambda t: f"HTTP/1.1 200 OK\r\n\r\nbody {t} end".encode(),
+    "deflate raw": lambda t: (
+        lambda z: (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(z), z)
+        )
+    )(_raw_deflate(t.encode())),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RAW_ANSWERS))
+def test_raw_hostile_answers_never_show_the_token(
+    start_proxy, idp: AuthServer, pki: Pki, kind: str
+) -> None:
+    server = RawApi(pki, RAW_ANSWERS[kind])
+    try:
+        proxy = start_proxy(
+            {
+                "credentials": {"api": cc_credential(idp.token_url, retry_attempts=1)},
+                "routes": [route("raw.example.test", server.port)],
+            }
+        )
+        res = subprocess.run(
+            ["curl", "-sS", "-i", "--raw", "--max-time", "8", "--proxy", proxy.url,
+             "--cacert", str(proxy.ca), f"https://raw.example.test:{server.port}/x"],
+            capture_output=True, timeout=30,
+            env={k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
+        )  # fmt: skip
+    finally:
+        server.stop()
+    with idp._lock:
+        tokens = list(idp._access)
+    assert tokens, "no token was issued"
+    body = res.stdout
+    seen = [body]
+    with contextlib.suppress(Exception):
+        seen.append(gzip.decompress(body.split(b"\r\n\r\n", 1)[1]))
+    with contextlib.suppress(Exception):
+        seen.append(zlib.decompress(body.split(b"\r\n\r\n", 1)[1], -15))
+    assert secrets_in(seen, tokens) == []
+    assert secrets_in([proxy.output()], tokens) == []

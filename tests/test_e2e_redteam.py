@@ -1162,3 +1162,44 @@ def test_raw_hostile_answers_never_show_the_token(
         seen.append(zlib.decompress(body.split(b"\r\n\r\n", 1)[1], -15))
     assert secrets_in(seen, tokens) == []
     assert secrets_in([proxy.output()], tokens) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="after a 101 to a non-WebSocket Upgrade mitmproxy relays raw TCP; the addon has no "
+    "tcp_message scrub, so the echoed token reaches the client",
+)
+def test_token_echoed_after_a_non_websocket_upgrade_is_scrubbed(
+    start_proxy, idp: AuthServer, pki: Pki
+) -> None:
+    """`Upgrade: tcp` answered 101: mitmproxy relays the rest as raw TCP, where the API echoes
+    the token it got in the upgrade request."""
+    server = RawApi(
+        pki,
+        lambda t: (
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+            + f"raw {t} end\n".encode()
+        ),
+    )
+    try:
+        proxy = start_proxy(
+            {
+                "credentials": {"api": cc_credential(idp.token_url)},
+                "routes": [route("raw.example.test", server.port)],
+            }
+        )
+        a = f"raw.example.test:{server.port}"
+        rig = Rig(idp, None, None, None, None, proxy, Path("."))  # type: ignore[arg-type]
+        out = tunnel(
+            rig,
+            a,
+            f"GET /up HTTP/1.1\r\nHost: {a}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n".encode(),  # fmt: skip
+            sni="raw.example.test",
+        )
+    finally:
+        server.stop()
+    with idp._lock:
+        tokens = list(idp._access)
+    assert tokens, "no token was issued"
+    assert status_of(out) is not None
+    assert secrets_in([out], tokens) == []

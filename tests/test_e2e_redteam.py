@@ -1193,7 +1193,9 @@ def test_token_echoed_after_a_non_websocket_upgrade_is_scrubbed(
         out = tunnel(
             rig,
             a,
-            f"GET /up HTTP/1.1\r\nHost: {a}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n".encode(),  # fmt: skip
+            req("/up", a, "Connection: Upgrade", "Upgrade: tcp").replace(
+                b"Connection: close\r\n", b""
+            ),
             sni="raw.example.test",
         )
     finally:

@@ -1205,3 +1205,59 @@ def test_token_echoed_after_a_non_websocket_upgrade_is_scrubbed(
     assert tokens, "no token was issued"
     assert status_of(out) is not None
     assert secrets_in([out], tokens) == []
+
+
+# --- 11. more on the shared rig ---------------------------------------------------------------
+
+
+def test_nested_connect_inside_a_tunnel(fresh: Rig) -> None:
+    r = fresh
+    a, o = f"api.example.test:{r.api.port}", f"other.test:{r.other.port}"
+    tunnel(r, a, f"CONNECT {o} HTTP/1.1\r\nHost: {o}\r\n\r\nGET /n HTTP/1.1\r\nHost: {o}\r\n\r\n"
+           .encode())  # fmt: skip
+    tunnel(r, a, f"CONNECT {a} HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n".encode())
+    assert_no_leak(r)
+
+
+def test_status_page_through_the_proxy_holds_no_secret(fresh: Rig) -> None:
+    r = fresh
+    _get(r, "/warm")
+    s = r.proxy.session()
+    pages = [s.get(f"http://authproxy.local{p}", timeout=10).content
+             for p in ("/status.json", "/", "/metrics", "/healthz", "/readyz")]  # fmt: skip
+    assert secrets_in(pages, [*r.tokens(), CLIENT_SECRET]) == []
+
+
+def test_401_then_echo_on_the_retry_is_scrubbed(fresh: Rig, hostile) -> None:
+    calls: list[int] = []
+
+    def make(tok: str, _: Request) -> Response:
+        calls.append(1)
+        if len(calls) == 1:
+            return Response(401, b"", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return Response(200, f"second answer {tok}".encode(), {"X-Echo": tok})
+
+    hostile(make)
+    out = _get(fresh, "/retry-echo").stdout
+    assert len(calls) == 2, "the 401 was not retried"
+    assert secrets_in([out], fresh.tokens()) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a no-cors browser GET from another site with Referrer-Policy no-referrer carries "
+    "no Origin, Referer or Sec-Fetch-* to a plain-http route, and gets the token",
+)
+def test_cross_site_image_request_without_referrer_on_a_plain_route(fresh: Rig) -> None:
+    """What Chromium sends for `<img referrerpolicy=no-referrer src=http://open.example.test/..>`
+    on a page of evil.test: plain-http destinations get no Sec-Fetch-* headers."""
+    r = fresh
+    hp = r.http_api.port
+    browser = [
+        "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Safari/537.36",
+        "Accept: image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8",
+        "Accept-Language: en-US,en;q=0.9",
+    ]
+    plain(r, req(f"http://open.example.test:{hp}/delete?id=1", f"open.example.test:{hp}", *browser))
+    assert tokened(r.http_api) == []

@@ -111,7 +111,9 @@ class AuthProxy:
         self._resends: weakref.WeakKeyDictionary[http.HTTPFlow, Resend] = (
             weakref.WeakKeyDictionary()
         )
-        self._stream_limit: int | None = None  # stream_large_bodies, in bytes
+        # stream_large_bodies as last read, and in bytes: parsed again only when it changes.
+        self._stream_option: str | None = None
+        self._stream_bytes: int | None = None
         self.replay = replay  # the seam: mitmproxy's ReplayHandler, guarded; a fake in tests
         self._dpop_nonces = NonceCache()  # the last DPoP nonce each API origin gave
         self._cert_routes: tuple[Route, ...] = ()  # routes with a client certificate (mTLS)
@@ -136,9 +138,6 @@ class AuthProxy:
         )
 
     def configure(self, updated: set[str]) -> None:
-        if "stream_large_bodies" in updated:
-            # Parsed here, not per request: the hooks read it for every answer.
-            self._stream_limit = human.parse_size(getattr(ctx.options, "stream_large_bodies", None))
         if "authproxy_config" in updated:
             self._load(ctx.options.authproxy_config)
         if self.runtime is None or not self.runtime.config.credentials:
@@ -326,8 +325,16 @@ class AuthProxy:
             return
         flow.response = response
 
+    def _stream_limit(self) -> int | None:
+        """stream_large_bodies in bytes (None: off); the hooks ask for every answer, so the
+        option is parsed only when its text changes."""
+        option = getattr(ctx.options, "stream_large_bodies", None)
+        if option != self._stream_option:
+            self._stream_option, self._stream_bytes = option, human.parse_size(option)
+        return self._stream_bytes
+
     def _body_may_stream(self, req: http.Request) -> bool:
-        limit = self._stream_limit
+        limit = self._stream_limit()
         if limit is None:
             return False
         if "chunked" in req.headers.get("transfer-encoding", "").lower():
@@ -402,7 +409,7 @@ class AuthProxy:
         """mitmproxy may switch to streaming late, once an answer of unknown length grows past
         stream_large_bodies, and then no hook runs before the body leaves: stream such
         answers through the scrubber from the start."""
-        if self._stream_limit is None:
+        if self._stream_limit() is None:
             return False
         return "content-length" not in resp.headers
 

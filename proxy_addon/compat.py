@@ -8,13 +8,19 @@ fails loudly (naming the function here) when an upgrade changes what it relies o
 - `hide_in_flight`: keep flows that carry a live token out of a flow view (mitmweb, console).
 - `mark_request_forms`/`absolute_form`: remember which HTTP/1 requests named their target in
   absolute form, which mitmproxy forgets before the first hook.
+- `share_listen_port`: open mitmproxy's TCP listeners with SO_REUSEPORT, so that the worker
+  processes of `authproxy run --workers N` all accept on one address (the kernel spreads the
+  connections; no extra hop).
 
 Nothing here runs at import time; the addon applies what it needs when it is loaded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
+import socket
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -29,6 +35,7 @@ __all__ = [
     "mark_request_forms",
     "place_after_proxyauth",
     "replay",
+    "share_listen_port",
 ]
 
 logger = logging.getLogger("authproxy")
@@ -143,3 +150,44 @@ def mark_request_forms() -> None:
 def absolute_form(request: http.Request) -> bool:
     """Whether the client named the target in its request line (a request *to a proxy*)."""
     return request in _absolute or bool(request.authority)
+
+
+# --- a listen port shared by worker processes ------------------------------------------------
+
+
+class _ReusePortAsyncio:
+    """`asyncio` as mitmproxy's mode_servers sees it, with `start_server` adding reuse_port.
+
+    Only that module's name is rebound (never the real asyncio): other listeners of the
+    process (the web UI, a test's server) keep the exclusive bind."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def start_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
+        kwargs.setdefault("reuse_port", True)
+        return await asyncio.start_server(*args, **kwargs)
+
+
+def share_listen_port() -> None:
+    """Make mitmproxy's TCP listeners (`AsyncioServerInstance.listen`, which calls
+    `asyncio.start_server` through its module's `asyncio` name) set SO_REUSEPORT. Linux lets
+    only sockets of the same effective uid share the port, so another local user cannot join.
+    Call before the servers start; idempotent. Raises RuntimeError when this mitmproxy binds
+    differently (the hook would silently do nothing) or the platform has no SO_REUSEPORT."""
+    from mitmproxy.proxy import mode_servers
+
+    if isinstance(mode_servers.asyncio, _ReusePortAsyncio):
+        return
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise RuntimeError("this platform has no SO_REUSEPORT: run a single worker")
+    listen = getattr(getattr(mode_servers, "AsyncioServerInstance", None), "listen", None)
+    if (
+        mode_servers.asyncio is not asyncio
+        or listen is None
+        or "asyncio.start_server(" not in inspect.getsource(listen)
+    ):
+        raise RuntimeError("mitmproxy's AsyncioServerInstance.listen no longer binds with "
+                           "asyncio.start_server: compat.share_listen_port needs updating for "
+                           "this mitmproxy version")  # fmt: skip
+    mode_servers.asyncio = _ReusePortAsyncio()  # type: ignore[assignment]

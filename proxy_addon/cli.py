@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, how long requests in flight may take to finish (5)",
     )  # fmt: skip
     run.add_argument(
+        "--workers", default="1", metavar="N",
+        help="proxy processes sharing the listen address (1; auto: one per core)",
+    )  # fmt: skip
+    run.add_argument(
         "--set",
         dest="sets",
         action="append",
@@ -105,8 +109,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if problem := listen_problem(*effective_listen(listen, config, args.sets)):
         print(f"authproxy: {problem}", file=sys.stderr)
         return 2
+    from .supervisor import supervise
+
     try:
-        return run(
+        return supervise(
+            args.workers,
+            run,
             RunOptions(
                 path,
                 config,

@@ -8,6 +8,7 @@ master ourselves: our addon first, then mitmproxy's.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ from .addon import AuthProxy
 from .config import Config
 from .localguard import LocalGuard
 from .shutdown import DEFAULT_GRACE, GracefulStop, InFlight
+from .workerstate import WorkerSlot, join_workers
 from .wrap import ONE_TIME_AUTH_ENV
 
 __all__ = ["RunOptions", "StartupError", "run"]
@@ -43,6 +45,7 @@ class RunOptions:
     audit_log: str | None = None
     sets: Sequence[str] = field(default_factory=list)  # "option=value", as mitmdump --set
     grace: float = DEFAULT_GRACE  # seconds in-flight requests get after the first SIGTERM/SIGINT
+    worker: WorkerSlot | None = None  # one of `--workers N` (set by the supervisor)
 
 
 def run(ro: RunOptions) -> int:
@@ -59,6 +62,9 @@ async def _serve(ro: RunOptions) -> int:
     m.addons.add(LocalGuard(), inflight.first, inflight.last)
     m.addons.chain.remove(inflight.first)
     m.addons.chain.insert(0, inflight.first)  # a request is in flight from its very first hook
+    m.addons.add(_FreezeAfterStart())
+    if ro.worker is not None:
+        join_workers(m, authproxy, ro.worker)
 
     host, port = ro.listen or (ro.config.listen_host, ro.config.listen_port)
     settings: dict[str, object] = {
@@ -97,6 +103,15 @@ async def _serve(ro: RunOptions) -> int:
     await m.run()
     await stop.finish()
     return 0
+
+
+class _FreezeAfterStart:
+    """Once listening: move everything start-up built (the route table, 10 000 Route objects
+    for some configs) out of the cyclic GC's sight; walking them cost ~55 us per request."""
+
+    def running(self) -> None:
+        gc.collect()
+        gc.freeze()
 
 
 def _dump_master(opts: options.Options, authproxy: AuthProxy, quiet: bool) -> master.Master:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .localguard import harden_process
 from .workerstate import WorkerSlot, read_state, retire, state_file
 
 if TYPE_CHECKING:
@@ -83,7 +84,13 @@ def supervise(workers: str, serve: Callable[[RunOptions], int], ro: RunOptions) 
         raise StartupError(str(e)) from None
     if problem := workers_problem(ro, n):
         raise StartupError(problem)
-    return serve(ro) if n == 1 else run_workers(ro, n, serve)
+    if n == 1:
+        return serve(ro)
+    if ro.config.store.backend == "memory" and ro.config.credentials:
+        print(f"authproxy: warning: the memory store is per process: each of the {n} workers "
+              "gets its own tokens (a token request per worker, not one for all); a sqlite or "
+              "redis store is shared", file=sys.stderr)  # fmt: skip
+    return run_workers(ro, n, serve)
 
 
 def workers_problem(ro: RunOptions, n: int) -> str | None:
@@ -147,6 +154,7 @@ def run_workers(
     if port == 0:  # every worker must bind the same port: choose it once
         port = _free_port(host)
     ro = dataclasses.replace(ro, listen=(host, port))
+    harden_process()  # it holds the config's secrets too: no core dump, not dumpable, umask
     base = os.environ.get("XDG_RUNTIME_DIR")
     base = base if base and os.path.isdir(base) else None
     directory = Path(tempfile.mkdtemp(prefix="authproxy-workers-", dir=base))  # 0700

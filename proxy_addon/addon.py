@@ -28,6 +28,7 @@ from proxy_addon.config import ConfigError, load_config
 from proxy_addon.console import console_info
 from proxy_addon.decision import decide
 from proxy_addon.guards import unsafe_options
+from proxy_addon.health import HealthProbe, health_path
 from proxy_addon.instrument import instrument
 from proxy_addon.localguard import LocalGuard
 from proxy_addon.metrics import Metrics
@@ -110,6 +111,7 @@ class AuthProxy:
         )
         self.replay = replay  # the seam: mitmproxy's ReplayHandler, guarded; a fake in tests
         self.metrics = Metrics()
+        self.health = HealthProbe()
         self.audit: AuditLog | None = None
         # Called with each flow once its token is redacted (the web UI adds it to its view then).
         self.on_redacted: Callable[[http.HTTPFlow], None] | None = None
@@ -228,6 +230,11 @@ class AuthProxy:
         resend = self._resends.get(flow)
         decision = decide(flow, rt.config.routes, resent=resend is not None)
         if decision.action == "status":
+            if health_path(flow.request.path):  # /healthz, /readyz: for orchestrators
+                answer = await self.health.answer(flow.request.path, rt.store, self.metrics,
+                                                  head=flow.request.method == "HEAD")  # fmt: skip
+                self._answer(flow, answer)
+                return
             self._answer(flow, await self._status(flow.request.path))
             return
         if decision.action == "refuse":

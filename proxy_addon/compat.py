@@ -10,7 +10,7 @@ fails loudly (naming the function here) when an upgrade changes what it relies o
   absolute form, which mitmproxy forgets before the first hook.
 - `share_listen_port`: open mitmproxy's TCP listeners with SO_REUSEPORT, so that the worker
   processes of `authproxy run --workers N` all accept on one address (the kernel spreads the
-  connections; no extra hop).
+  connections; no extra hop). Pinned by `tests/test_compat_reuse_port.py`.
 
 Nothing here runs at import time; the addon applies what it needs when it is loaded.
 """
@@ -35,6 +35,7 @@ __all__ = [
     "mark_request_forms",
     "place_after_proxyauth",
     "replay",
+    "sent_to_listen_port",
     "share_listen_port",
 ]
 
@@ -150,6 +151,13 @@ def mark_request_forms() -> None:
 def absolute_form(request: http.Request) -> bool:
     """Whether the client named the target in its request line (a request *to a proxy*)."""
     return request in _absolute or bool(request.authority)
+
+
+def sent_to_listen_port(flow: http.HTTPFlow) -> bool:
+    """Whether the request came on a connection made to the proxy for itself, not through a
+    CONNECT tunnel: until mitmproxy opens an upstream connection for it (after the request
+    hooks), such a flow's server has no address; a tunnelled flow's has the tunnel's target."""
+    return flow.server_conn.address is None
 
 
 # --- a listen port shared by worker processes ------------------------------------------------

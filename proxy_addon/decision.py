@@ -10,6 +10,7 @@ from mitmproxy import http
 from . import replies
 from .compat import absolute_form
 from .guards import request_refusal
+from .health import is_direct_probe
 from .routes import Route, RouteTable
 from .statuspage import STATUS_HOST
 
@@ -29,6 +30,8 @@ def decide(flow: http.HTTPFlow, routes: RouteTable, *, resent: bool = False) -> 
     """`resent`: the flow is the proxy's own copy (a 401 retry, a web UI replay), whose
     Authorization header is the proxy's business, not the client's."""
     req = flow.request
+    if is_direct_probe(flow):  # an orchestrator's GET /healthz or /readyz (see health.py)
+        return Decision("status")
     if req.host == STATUS_HOST and req.scheme == "http":
         # Only a request to the proxy *as a proxy*; a `Host: authproxy.local` sent straight to
         # the listen port (a DNS-rebound page, say) is not one.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .console import human_span
 from .errors import GrantError
+from .health import TimedStore
 from .tokens import Token
 
 if TYPE_CHECKING:
@@ -76,7 +77,10 @@ def instrument(runtime: Runtime, metrics: Metrics) -> None:
     metrics.static = frozenset(
         name for name, cache in runtime.caches.items() if not cache.grant.refreshable
     )
+    timed = TimedStore(runtime.store, metrics)  # store latency and errors (health.py)
     for name, cache in runtime.caches.items():
+        if cache.store is runtime.store:
+            cache.store = timed  # type: ignore[assignment]
         if name not in metrics.static and not isinstance(cache.grant, TimedGrant):
             cache.grant = TimedGrant(cache.grant, name, metrics)
 

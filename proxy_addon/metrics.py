@@ -15,7 +15,10 @@ from collections.abc import Iterable, Sequence
 from .events import EventLog
 from .status import CredentialView, state_id
 
-__all__ = ["COUNTERS", "IDP_BUCKETS", "REQUEST_BUCKETS", "Histogram", "Metrics", "build_info"]
+__all__ = [
+    "COUNTERS", "IDP_BUCKETS", "REQUEST_BUCKETS", "STORE_BUCKETS", "Histogram", "Metrics",
+    "build_info",
+]  # fmt: skip
 
 # name -> help text; every counter is per credential.
 COUNTERS = {
@@ -37,6 +40,8 @@ EVENT_TEXT = {
 # Seconds. A proxied call includes the API's own time; an IdP call includes TLS setup.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 IDP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A store round trip: microseconds for SQLite, a network hop for Redis; a lock wait can be long.
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
 def build_info() -> dict[str, str]:
@@ -107,6 +112,8 @@ class Metrics:
         self.static: frozenset[str] = frozenset()
         self.requests = Histogram(("credential",), REQUEST_BUCKETS)
         self.idp = Histogram(("credential", "outcome"), IDP_BUCKETS)
+        self.store_ops = Histogram(("op",), STORE_BUCKETS)
+        self.store_errors: Counter[tuple[str, str]] = Counter()  # (op, kind)
         self._lock = threading.Lock()
 
     def inc(self, counter: str, credential: str) -> None:
@@ -125,6 +132,13 @@ class Metrics:
         """One token request to the IdP; `outcome` is `ok` or the error code."""
         with self._lock:
             self.idp.observe((credential, outcome), max(seconds, 0.0))
+
+    def observe_store(self, op: str, seconds: float, error: str | None) -> None:
+        """One token store operation (health.TimedStore); `error` is None or its kind."""
+        with self._lock:
+            self.store_ops.observe((op,), max(seconds, 0.0))
+            if error is not None:
+                self.store_errors[(op, error)] += 1
 
     def snapshot(self, refreshes: dict[str, int]) -> dict[str, dict[str, int]]:
         """Counters by credential; `refreshed` comes from the caches, which own that number."""
@@ -180,6 +194,17 @@ class Metrics:
                 "the identity provider, by outcome (ok or the error code).",
                 "# TYPE authproxy_idp_request_duration_seconds histogram",
                 *self.idp.lines("authproxy_idp_request_duration_seconds"),
+                "# HELP authproxy_store_operation_seconds Time of each token store operation "
+                "(a lock: the time to take it).",
+                "# TYPE authproxy_store_operation_seconds histogram",
+                *self.store_ops.lines("authproxy_store_operation_seconds"),
+                "# HELP authproxy_store_errors_total Token store operations that failed, by "
+                "kind (unavailable: unreachable; error: any other failure).",
+                "# TYPE authproxy_store_errors_total counter",
+                *(
+                    f'authproxy_store_errors_total{{op="{_esc(op)}",kind="{_esc(kind)}"}} {n}'
+                    for (op, kind), n in sorted(self.store_errors.items())
+                ),
             ]
         return "\n".join(lines) + "\n"
 

@@ -76,6 +76,8 @@ class Merged:
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     requests: list[Any] = field(default_factory=list)  # Histogram.export() entries
     idp: list[Any] = field(default_factory=list)
+    store_ops: list[Any] = field(default_factory=list)
+    store_errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (op, kind) -> n
     events: list[Event] = field(default_factory=list)  # newest first
     connections: int = 0
     workers: list[State] = field(default_factory=list)  # live workers' states, by index
@@ -94,6 +96,12 @@ def merge_states(states: Iterable[State], events: int = EVENTS_KEPT) -> Merged:
                     sums.setdefault(str(name), Counter())[str(cred)] += n
         out.requests += _list(st.get("requests"))
         out.idp += _list(st.get("idp"))
+        out.store_ops += _list(st.get("store_ops"))
+        for e in _list(st.get("store_errors")):
+            with contextlib.suppress(TypeError, ValueError):
+                op, kind, n = e
+                key = (str(op), str(kind))
+                out.store_errors[key] = out.store_errors.get(key, 0) + int(n)
         for e in _list(st.get("events")):
             with contextlib.suppress(TypeError, ValueError):
                 at, kind, cred, message, count = e
@@ -115,6 +123,8 @@ def retired_state(merged: Merged) -> dict[str, Any]:
         "counters": merged.counters,
         "requests": merged.requests,
         "idp": merged.idp,
+        "store_ops": merged.store_ops,
+        "store_errors": [[op, kind, n] for (op, kind), n in merged.store_errors.items()],
         "events": [list(e) for e in merged.events],
         "connections": merged.connections,
     }
@@ -207,6 +217,8 @@ class ClusterMetrics(Metrics):
 
         with self._lock:
             requests, idp = self.requests.export(), self.idp.export()
+            store_ops = self.store_ops.export()
+            store_errors = [[op, kind, n] for (op, kind), n in self.store_errors.items()]
         return {
             "worker": self.slot.index,
             "pid": os.getpid(),
@@ -216,6 +228,8 @@ class ClusterMetrics(Metrics):
             "counters": Metrics.snapshot(self, refreshes),
             "requests": requests,
             "idp": idp,
+            "store_ops": store_ops,
+            "store_errors": store_errors,
             "events": [
                 [e.at, e.kind, e.credential, scrub(e.message, secrets), e.count]
                 for e in self.events.own(EVENTS_KEPT)
@@ -238,6 +252,8 @@ class ClusterMetrics(Metrics):
                 total.counts[name].update(by_cred)
         total.requests.absorb(m.requests)
         total.idp.absorb(m.idp)
+        total.store_ops.absorb(m.store_ops)
+        total.store_errors.update(m.store_errors)
         text = Metrics.prometheus(total, m.counters.get("refreshed", {}), views)
         return text + "\n".join(worker_lines(m.workers)) + "\n"
 

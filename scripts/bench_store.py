@@ -5,10 +5,14 @@ synchronous=FULL, one INSERT OR REPLACE of the same size per transaction, no enc
 compare-and-set. The ratio is what authproxy's durability and encryption add.
 
     ./scripts/bench_store [--updates N] [--redis]
+    ./scripts/bench_store --fleet [--sizes 1,2,4,8] [--seconds S] [--ttl T] [--clients C]
 
 With --redis (needs redis-server on PATH): put / get / lock round trips of the SQLite store
 against the Redis store, on a redis-server started here on 127.0.0.1 with AOF and
 appendfsync always (as the README recommends), same machine, same token.
+
+With --fleet (needs redis-server): IdP calls per expiry for 1, 2, 4 and 8 `authproxy run`
+processes on one Redis (target: 1); see scripts/bench_fleet.py.
 """
 
 from __future__ import annotations
@@ -49,7 +53,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--updates", type=int, default=500)
     parser.add_argument("--redis", action="store_true", help="also compare with Redis")
+    parser.add_argument("--fleet", action="store_true",
+                        help="only: IdP calls per expiry for a fleet of proxies on one Redis")
+    parser.add_argument("--sizes", default="1,2,4,8", help="--fleet: members per run")
+    parser.add_argument("--seconds", type=float, default=8.0, help="--fleet: traffic per size")
+    parser.add_argument("--ttl", type=float, default=4.0, help="--fleet: access token lifetime")
+    parser.add_argument("--clients", type=int, default=16, help="--fleet: client threads")
     args = parser.parse_args()
+    if args.fleet:
+        from bench_fleet import bench_fleet  # scripts/, beside this file
+
+        sizes = [int(n) for n in args.sizes.split(",")]
+        return bench_fleet(sizes, seconds=args.seconds, ttl=args.ttl, clients=args.clients)
     work = Path(tempfile.mkdtemp(prefix="authproxy-bench-store-"))
     token = Token("a" * 1200, expires_at=2e9, obtained_at=1e9, refresh_token="r" * 400)
     payload = token.to_json().encode()

@@ -167,6 +167,11 @@ class Load:
             return f">={REQUEST_TIMEOUT:g} ({self.timed_out} timed out)"
         return f"{max(self.waits):.2f}" if self.waits else "n/a"
 
+    def p99(self) -> float:
+        """The 99th-percentile wait, in seconds (0 with no answered request)."""
+        waits = sorted(self.waits)
+        return waits[min(len(waits) - 1, int(len(waits) * 0.99))] if waits else 0.0
+
     def status_summary(self) -> str:
         return " ".join(f"{k}x{v}" for k, v in sorted(self.statuses.items(), key=str)) or "none"
 
@@ -289,6 +294,10 @@ def scenario_a(work: Path, pki: Pki, clients: int, window: float) -> None:
     emit("a.served_idp_hung", hung.served_in_window,
          f"requests served in {window:g}s while a refresh hangs on the IdP")  # fmt: skip
     emit("a.max_wait_s", hung.max_wait(), "longest wait of a request started in that window")
+    emit("a.p99_ms", f"{base.p99() * 1000:.1f} -> {hung.p99() * 1000:.1f}",
+         "p99 wait with no refresh due -> while the refresh hangs")  # fmt: skip
+    ratio = hung.p99() / base.p99() if base.p99() else float("nan")
+    emit("a.p99_ratio", f"{ratio:.2f}", "p99 while refreshing / p99 without (target <= 1.2)")
     emit("a.statuses", hung.status_summary(), "what those clients got")
 
 

@@ -117,6 +117,8 @@ def _state(worker: int | None, injected: int, events: list[list[object]] = ()) -
         "counters": {"injected": {"api": injected}, "refreshed": {"api": 1}},
         "requests": h.export(),
         "idp": [],
+        "store_ops": [(["get"], [1] + [0] * 12, 0.0001)],
+        "store_errors": [["get", "unavailable", 2]],
         "events": list(events),
     }
     return state if worker is None else {"worker": worker, **state}
@@ -184,12 +186,15 @@ def test_cluster_metrics_report_every_worker(tmp_path: Path) -> None:
     metrics.inc("injected", "api")
     metrics.inc("retried", "api")
     metrics.observe_request("api", 0.02)
+    metrics.observe_store("get", 0.001, "unavailable")
     assert metrics.snapshot({"api": 2})["injected"] == {"api": 6}
     assert metrics.snapshot({"api": 2})["refreshed"] == {"api": 3}
     text = metrics.prometheus({"api": 2}, [])
     assert 'authproxy_injected_total{credential="api"} 6' in text
     assert 'authproxy_request_duration_seconds_count{credential="api"} 6' in text
     assert "authproxy_workers 2" in text
+    assert 'authproxy_store_operation_seconds_count{op="get"} 2' in text
+    assert 'authproxy_store_errors_total{op="get",kind="unavailable"} 3' in text
     assert 'authproxy_worker_injected_total{worker="0"} 1' in text
     assert 'authproxy_worker_injected_total{worker="1"} 5' in text
     assert [e.message for e in metrics.events.recent()][-1] == "peer event"

@@ -206,6 +206,11 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"RedisStore({self.settings.display!r})"
 
+    def ping(self) -> None:
+        """One round trip (for /readyz); raises StoreUnavailableError or StoreError."""
+        with self._errors("pinging"):
+            self._client.ping()
+
     # -- start-up checks --------------------------------------------------------------------
 
     def check(self) -> None:

@@ -53,7 +53,7 @@ logger = logging.getLogger("authproxy")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 _PR_SET_PDEATHSIG = 1
 START_TIMEOUT = 120.0  # seconds a worker may take to listen at start (10 000 routes, a slow disk)
-STOP_MARGIN = 30.0  # seconds past --grace before workers that hang get SIGKILL
+STOP_MARGIN = 30.0  # seconds past --grace and the drain before hanging workers get SIGKILL
 
 
 def cores() -> int:
@@ -286,7 +286,8 @@ class _Supervisor:
     def stop(self, sig: signal.Signals) -> None:
         if not self.stopping:
             self.stopping = True
-            self.stop_deadline = time.monotonic() + self.ro.grace + STOP_MARGIN
+            # A worker takes --grace, then up to a drain timeout for a refresh in flight.
+            self.stop_deadline = time.monotonic() + self.ro.grace + _drain_bound(self.ro)
             for slot in self.slots:
                 slot.restart_at = None
             if running := sum(bool(s.pid) for s in self.slots):
@@ -339,6 +340,15 @@ class _Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signal.SIGKILL)
         self.stop_deadline = time.monotonic() + 5  # SIGKILL is not refused
+
+
+def _drain_bound(ro: RunOptions) -> float:
+    """How long past --grace a worker may still be stopping, plus a margin."""
+    drains = [
+        c.policy.drain_timeout if c.policy.drain_timeout is not None else c.policy.idp_timeout + 2
+        for c in ro.config.credentials.values()
+    ]
+    return max(drains, default=0.0) + STOP_MARGIN
 
 
 def _startup_error() -> type[Exception]:

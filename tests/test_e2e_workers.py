@@ -4,6 +4,7 @@ a supervisor that restarts a worker that dies, and a graceful stop of all of the
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from harness import CLIENT_SECRET, Proxy, cc_credential, route, secrets_in
 from test_e2e_localguard import NOBODY, as_root, curl_as
 from test_e2e_wrap import api_url, listening
@@ -216,3 +218,28 @@ def test_every_worker_refuses_another_user(
              "both workers saw connections")  # fmt: skip
     assert call(proxy, api, "/mine") == 200
     assert [e["path"] for e in api.requests_log] == ["/mine"]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("proxy_addon.reload") is None,
+    reason="reload on SIGHUP inside one proxy (proxy_addon/reload.py) is not merged yet",
+)
+def test_sighup_reloads_every_worker(
+    two_workers: Callable[..., Proxy], api: ApiServer, tmp_path: Path
+) -> None:
+    proxy = two_workers()
+    assert call(proxy, api, "/routed") == 200
+    config = yaml.safe_load(proxy.config_path.read_text())
+    # The route now names a static token the API does not know: it answers 401.
+    config["credentials"]["fixed"] = {"grant": "static", "token": "not-a-token-the-api-knows"}
+    config["routes"][0]["credential"] = "fixed"
+    proxy.config_path.write_text(yaml.safe_dump(config))
+    assert proxy.proc is not None
+    pids = workers_of(proxy)
+    proxy.proc.send_signal(signal.SIGHUP)
+    # Every worker took the new config: a run of new connections (spread by the kernel over
+    # both) all carry the new credential.
+    wait_for(lambda: [call(proxy, api, "/fixed") for _ in range(12)] == [401] * 12,
+             "both workers reloaded")  # fmt: skip
+    assert workers_of(proxy) == pids  # reloaded, not restarted
+    assert "SIGHUP: reloading every worker" in proxy.output()

@@ -23,7 +23,9 @@ Phases, in one run:
    the wall clock;
 2. route count: `RouteTable.match` per call in this process for 10 and 10 000 routes, then the
    10-route and the 10 000-route authproxy end to end, interleaved;
-3. workers (issue 11 item 3): measured when `authproxy run` has `--workers`, else said so;
+3. workers (issue 11 item 3): `authproxy run --workers N` for N = 1 .. the cores (at least 1
+   and 2), interleaved round by round, each started until every worker listens; throughput as a
+   ratio to one worker, and how the kernel spread the connections over the workers;
 4. memory: each proxy's RSS after 10 000 requests and after `--memory-requests` (default
    20 000; `--memory`: 100 000), and the difference;
 5. storm: with a token cached, the IdP expires it (the proxy does not know) and turns slow;

@@ -269,7 +269,14 @@ class _Supervisor:
         for slot in self.slots:
             if slot.restart_at is not None and now >= slot.restart_at and not self.stopping:
                 self.log(f"restarting worker {slot.index}")
-                self.spawn(slot)
+                try:
+                    self.spawn(slot)
+                except OSError as e:  # no memory or process slot now: try again later
+                    slot.failures += 1
+                    delay = self.policy.delay(slot.failures)
+                    self.log(f"cannot start worker {slot.index} ({e.strerror or e}); "
+                             f"trying again in {delay:g}s")  # fmt: skip
+                    slot.restart_at = now + delay
 
     def handle(self, info: signal.struct_siginfo | None, *, starting: bool = False) -> None:
         if info is None:

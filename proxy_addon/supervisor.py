@@ -21,6 +21,7 @@ across workers; they publish their numbers for one status page (workerstate).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import logging
@@ -249,6 +250,10 @@ class _Supervisor:
             except BaseException:
                 traceback.print_exc()
             finally:
+                # What the worker registered (its CA bundle's temporary directory), as a
+                # normal exit would; then out without the supervisor's own cleanup.
+                with contextlib.suppress(Exception):
+                    atexit._run_exitfuncs()
                 with contextlib.suppress(Exception):
                     sys.stdout.flush()
                     sys.stderr.flush()

@@ -37,7 +37,8 @@ API_HOST = "api.example.test"
 def two_workers(
     start_proxy: Callable[..., Proxy], idp: AuthServer, api: ApiServer, tmp_path: Path
 ) -> Callable[..., Proxy]:
-    """`--workers 2`, whose runtime directory is under tmp_path/run."""
+    """`--workers 2`, whose runtime directory is under tmp_path/run, temporary files under
+    tmp_path/tmp."""
 
     def start(*args: str) -> Proxy:
         config = {
@@ -45,8 +46,9 @@ def two_workers(
             "routes": [route(API_HOST, api.port)],
         }
         (tmp_path / "run").mkdir(exist_ok=True)
-        proxy = start_proxy(config, "-q", "--workers", "2", *args,
-                            env={"XDG_RUNTIME_DIR": str(tmp_path / "run")})  # fmt: skip
+        (tmp_path / "tmp").mkdir(exist_ok=True)
+        env = {"XDG_RUNTIME_DIR": str(tmp_path / "run"), "TMPDIR": str(tmp_path / "tmp")}
+        proxy = start_proxy(config, "-q", "--workers", "2", *args, env=env)
         wait_for(lambda: len(workers_of(proxy)) == 2 and metric(proxy, "authproxy_workers") == 2,
                  "both workers listen")  # fmt: skip
         return proxy
@@ -172,7 +174,7 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(
 
 
 def test_sigterm_stops_every_worker_gracefully(
-    two_workers: Callable[..., Proxy], api: ApiServer
+    two_workers: Callable[..., Proxy], api: ApiServer, tmp_path: Path
 ) -> None:
     proxy = two_workers("--grace", "20")
     assert call(proxy, api, "/first") == 200  # the token, before the API turns slow
@@ -189,6 +191,10 @@ def test_sigterm_stops_every_worker_gracefully(
     assert proxy.proc.returncode == 0
     assert not any(Path(f"/proc/{p}").exists() for p in pids)
     assert not listening(proxy.port)
+    # Every worker cleaned up as a process that exits does (its CA bundle), and the
+    # supervisor removed the runtime directory.
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert list((tmp_path / "run").iterdir()) == []
     out = proxy.output()
     assert "SIGTERM: stopping 2 worker(s)" in out
     assert out.count("SIGTERM: no new connections") == 2  # each worker's graceful stop

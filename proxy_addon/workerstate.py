@@ -207,6 +207,9 @@ class ClusterMetrics(Metrics):
         super().__init__()
         self.slot = slot
         self.connections = 0
+        # The process to signal for all the workers (`authproxy reload` sends SIGHUP to the
+        # pid the status page gives: in a worker, it should give this one).
+        self.supervisor_pid = os.getppid()
         self.events: ClusterEvents = ClusterEvents(self.peers)
 
     def peers(self) -> list[State]:

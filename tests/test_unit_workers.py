@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -199,6 +200,7 @@ def test_cluster_metrics_report_every_worker(tmp_path: Path) -> None:
     assert 'authproxy_worker_injected_total{worker="1"} 5' in text
     assert [e.message for e in metrics.events.recent()][-1] == "peer event"
     assert len(metrics.events.own()) == 1  # its own log holds only its own events
+    assert metrics.supervisor_pid == os.getppid()  # forked by the supervisor: its parent
 
 
 def test_a_worker_publishes_no_secret(tmp_path: Path) -> None:

@@ -173,8 +173,9 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(
                      r"0.5s", out), out  # fmt: skip
 
 
-def test_sigterm_stops_every_worker_gracefully(
-    two_workers: Callable[..., Proxy], api: ApiServer, tmp_path: Path
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_stops_every_worker_gracefully(
+    two_workers: Callable[..., Proxy], api: ApiServer, tmp_path: Path, sig: signal.Signals
 ) -> None:
     proxy = two_workers("--grace", "20")
     assert call(proxy, api, "/first") == 200  # the token, before the API turns slow
@@ -185,7 +186,7 @@ def test_sigterm_stops_every_worker_gracefully(
         futures = [pool.submit(call, proxy, api, f"/slow/{i}") for i in range(8)]
         assert api.wait_for_arrivals(before + 8, 30)
         assert proxy.proc is not None
-        proxy.proc.send_signal(signal.SIGTERM)
+        proxy.proc.send_signal(sig)
         proxy.proc.wait(timeout=30)
         assert [f.result() for f in futures] == [200] * 8
     assert proxy.proc.returncode == 0
@@ -196,8 +197,8 @@ def test_sigterm_stops_every_worker_gracefully(
     assert list((tmp_path / "tmp").iterdir()) == []
     assert list((tmp_path / "run").iterdir()) == []
     out = proxy.output()
-    assert "SIGTERM: stopping 2 worker(s)" in out
-    assert out.count("SIGTERM: no new connections") == 2  # each worker's graceful stop
+    assert f"{sig.name}: stopping 2 worker(s)" in out
+    assert out.count(f"{sig.name}: no new connections") == 2  # each worker's graceful stop
     assert "Traceback" not in out
 
 

@@ -103,8 +103,10 @@ def workers_problem(ro: RunOptions, n: int) -> str | None:
     if ro.save_flows:
         return ("--save-flows: several workers cannot write one flow file; use --workers 1 "
                 "(or --audit-log, which every worker appends to)")  # fmt: skip
-    if not hasattr(socket, "SO_REUSEPORT"):
-        return "--workers needs SO_REUSEPORT (Linux, BSD): use --workers 1 on this platform"
+    if not sys.platform.startswith("linux"):
+        # Elsewhere SO_REUSEPORT does not spread connections (macOS gives them all to one
+        # socket) or does not keep other users off the port.
+        return "--workers needs Linux (SO_REUSEPORT): use --workers 1 on this platform"
     return None
 
 

@@ -132,6 +132,8 @@ def test_two_workers_share_the_port_and_one_status_page(
     assert sum(injected.values()) == n
     for _ in range(6):
         assert status(proxy, "/status.json").json()["counters"]["injected"] == {"api": n}
+    page = status(proxy, "/")
+    assert page.status_code == 200 and "credential-api" in page.text
     assert metric(proxy, "authproxy_injected_total", '{credential="api"}') == n
     assert sum(per_worker(proxy, "authproxy_worker_connections_total").values()) >= n
     # One store, one lock: one token for both workers.

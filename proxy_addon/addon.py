@@ -20,21 +20,22 @@ from typing import Any, Literal, NamedTuple
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.addonmanager import Loader
 
-from proxy_addon import compat, replies
+from proxy_addon import compat, present, replies
 from proxy_addon.audit import AuditLog, strip_query_values
 from proxy_addon.cache import CredentialCache, TokenUnavailable
 from proxy_addon.compat import Replayer
 from proxy_addon.config import ConfigError, load_config
 from proxy_addon.console import console_info
 from proxy_addon.decision import decide
+from proxy_addon.dpop import NonceCache, nonce_asked, resource_proof
 from proxy_addon.guards import unsafe_options
 from proxy_addon.health import HealthProbe, health_path
 from proxy_addon.instrument import instrument
 from proxy_addon.localguard import LocalGuard
 from proxy_addon.metrics import Metrics
+from proxy_addon.mtls import cert_routes, check_route_certs, client_cert_for, present_client_cert
 from proxy_addon.redact import (
     StreamScrubber,
-    redacted_authorization,
     redacted_token,
     scrub_echoes,
     scrub_head,
@@ -66,12 +67,14 @@ class Injection(NamedTuple):
     request_streamed: bool
     refreshed: bool  # this request waited for a new token
     upgrade: bool  # a protocol upgrade (WebSocket): never re-sent
+    dpop: bool = False  # a DPoP proof went with the token (RFC 9449)
+    nonce_retried: bool = False  # this is the re-send with the nonce the API asked for
 
 
 class Resend(NamedTuple):
     """A copy of a flow the proxy sends itself: a 401 retry, or a web UI replay."""
 
-    kind: Literal["retry", "replay"]
+    kind: Literal["retry", "replay", "nonce"]
     of: str  # the original flow's id
     attempt: int
 
@@ -110,6 +113,8 @@ class AuthProxy:
             weakref.WeakKeyDictionary()
         )
         self.replay = replay  # the seam: mitmproxy's ReplayHandler, guarded; a fake in tests
+        self._dpop_nonces = NonceCache()  # the last DPoP nonce each API origin gave
+        self._cert_routes: tuple[Route, ...] = ()  # routes with a client certificate (mTLS)
         self.metrics = Metrics()
         self.health = HealthProbe()
         self.audit: AuditLog | None = None
@@ -152,6 +157,11 @@ class AuthProxy:
                 runtime = Runtime.build(load_config(Path(path)))
             except (ConfigError, StoreError) as e:
                 raise exceptions.OptionsError(str(e)) from None
+            try:
+                check_route_certs(runtime.config.routes)
+            except ValueError as e:
+                runtime.close()
+                raise exceptions.OptionsError(f"{path}: {e}") from None
             instrument(runtime, self.metrics)
             logger.info(
                 "authproxy: %d credential(s), %d route(s) from %s",
@@ -160,6 +170,7 @@ class AuthProxy:
                 path,
             )
         old, self.runtime = self.runtime, runtime
+        self._cert_routes = cert_routes(runtime.config.routes) if runtime else ()
         if old is not None:
             old.close()
 
@@ -213,6 +224,20 @@ class AuthProxy:
         address = data.context.server.address
         if address is None or not rt.config.routes.intercepts(address[0], address[1]):
             data.ignore_connection = True
+
+    def tls_start_server(self, data: tls.TlsData) -> None:
+        """Mutual TLS to an API: the route's client certificate on this connection only."""
+        address = data.conn.address
+        if not self._cert_routes or address is None or data.is_dtls:
+            return
+        pair = client_cert_for(self._cert_routes, address[0], address[1])
+        if pair is None:
+            return
+        try:
+            present_client_cert(compat.server_tls(data), *pair)
+        except Exception as e:  # the API then sees no certificate and refuses a bound token
+            logger.error("%s:%d: cannot use the route's client certificate: %s",
+                         address[0], address[1], type(e).__name__)  # fmt: skip
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         _forget_proxy_password(flow)
@@ -276,12 +301,20 @@ class AuthProxy:
             flow.response = await self._send_copy(flow, route, Resend("replay", flow.id, 1))
             return
         attempt = resend.attempt if resend is not None else 1
-        req.headers["authorization"] = f"{token.token_type} {token.access_token}"
+        present.apply(req, route.present, token)
+        proof = resource_proof(
+            cache.grant, token.token_type, token.access_token, req.method, req.url,
+            self._dpop_nonces,
+        )  # fmt: skip
+        if proof is not None:
+            req.headers["dpop"] = proof
         inj = Injection(
             route, cache, token, attempt=attempt,
             request_streamed=bool(req.stream) and attempt == 1,
             refreshed=cache.refreshes != refreshes,
             upgrade="upgrade" in req.headers,
+            dpop=proof is not None,
+            nonce_retried=resend is not None and resend.kind == "nonce",
         )  # fmt: skip
         self._injected[flow] = inj
         if inj.upgrade:  # kept for its WebSocket messages, which are scrubbed too
@@ -459,6 +492,8 @@ class AuthProxy:
             flow.response = replies.unscannable_response(inj.route)
             flow.metadata.setdefault(META, {})["error"] = "unscannable_response"
             return
+        if inj.dpop and await self._dpop_nonce_retry(flow, inj, resp):
+            return
         retry, refresh, why = self._retry_plan(inj, resp)
         if resp.status_code == 401:
             logger.info(
@@ -484,6 +519,22 @@ class AuthProxy:
             flow.response = await self._send_copy(
                 flow, inj.route, Resend("retry", flow.id, inj.attempt + 1)
             )
+
+    async def _dpop_nonce_retry(
+        self, flow: http.HTTPFlow, inj: Injection, resp: http.Response
+    ) -> bool:
+        """RFC 9449 §9: keep the nonce an API gives; when it refuses a proof for want of one,
+        send the request once more with it. Apart from the 401-refresh retry: no new token."""
+        self._dpop_nonces.learn(flow.request.url, resp.headers)
+        if inj.nonce_retried or inj.upgrade or inj.request_streamed or resp.stream:
+            return False
+        if nonce_asked(resp.status_code, resp.headers) is None:
+            return False
+        flow.metadata.setdefault(META, {})["dpop_nonce_retried"] = True
+        flow.response = await self._send_copy(
+            flow, inj.route, Resend("nonce", flow.id, inj.attempt)
+        )
+        return True
 
     @staticmethod
     def _retry_plan(inj: Injection, resp: http.Response) -> tuple[bool, bool, str]:
@@ -511,7 +562,7 @@ class AuthProxy:
         copy.is_replay = "request"
         copy.response = None
         copy.error = None
-        copy.request.headers.pop("authorization", None)  # never carry an old token along
+        present.strip(copy.request, route.present)  # never carry an old token along
         copy.metadata.pop(META, None)
         self._resends[copy] = resend
         try:
@@ -547,9 +598,8 @@ class AuthProxy:
     def _redact(self, flow: http.HTTPFlow) -> None:
         inj = self._injected.pop(flow, None)
         if inj is not None:
-            flow.request.headers["authorization"] = redacted_authorization(
-                inj.route.credential, inj.token
-            )
+            mark = redacted_token(inj.route.credential, inj.token)
+            present.redact(flow.request, inj.route.present, inj.token.token_type, mark)
             if self.on_redacted is not None:
                 self.on_redacted(flow)
 

@@ -1,16 +1,20 @@
 """Every use of mitmproxy internals, in one place.
 
-mitmproxy has no public API for these; each is pinned by a test in `tests/test_compat.py` that
-fails loudly (naming the function here) when an upgrade changes what it relies on:
+mitmproxy has no public API for these; each is pinned by a test in `tests/test_compat.py` (and
+`server_tls` in `tests/test_creds_compat.py`, `share_listen_port` in
+`tests/test_compat_reuse_port.py`) that fails loudly (naming the function here) when an upgrade
+changes what it relies on:
 
 - `replay`: send a flow upstream and wait for its answer (`ReplayHandler`, as ClientPlayback).
 - `place_after_proxyauth`: put an addon right after proxy authentication in the hook chain.
 - `hide_in_flight`: keep flows that carry a live token out of a flow view (mitmweb, console).
 - `mark_request_forms`/`absolute_form`: remember which HTTP/1 requests named their target in
   absolute form, which mitmproxy forgets before the first hook.
+- `server_tls`: the upstream TLS connection mitmproxy's TlsConfig builds, made early so that
+  one connection can get a client certificate (its `client_certs` option is proxy-wide).
 - `share_listen_port`: open mitmproxy's TCP listeners with SO_REUSEPORT, so that the worker
   processes of `authproxy run --workers N` all accept on one address (the kernel spreads the
-  connections; no extra hop). Pinned by `tests/test_compat_reuse_port.py`.
+  connections; no extra hop).
 
 Nothing here runs at import time; the addon applies what it needs when it is loaded.
 """
@@ -36,6 +40,7 @@ __all__ = [
     "place_after_proxyauth",
     "replay",
     "sent_to_listen_port",
+    "server_tls",
     "share_listen_port",
 ]
 
@@ -82,6 +87,23 @@ def place_after_proxyauth(master: Any, addon: object) -> None:
         raise RuntimeError("mitmproxy has no proxyauth addon in its chain: compat.place_after_"
                            "proxyauth needs updating for this mitmproxy version")  # fmt: skip
     chain.insert(chain.index(proxyauth) + 1, addon)
+
+
+# --- upstream TLS ----------------------------------------------------------------------------
+
+
+def server_tls(data: Any) -> Any:
+    """The pyOpenSSL connection of `data` (a `tls.TlsData` of tls_start_server), built now by
+    mitmproxy's TlsConfig as it would be right after our hook (it skips a `data` whose
+    `ssl_conn` is set), so that a setting of this connection alone can be added."""
+    if data.ssl_conn is None:
+        from mitmproxy import ctx
+
+        tlsconfig = ctx.master.addons.get("tlsconfig")
+        if tlsconfig is None:
+            raise RuntimeError("mitmproxy has no tlsconfig addon: compat.server_tls needs updating")
+        tlsconfig.tls_start_server(data)
+    return data.ssl_conn
 
 
 # --- flow views ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ environment), so that the rules are easy to test. Every error names the file, th
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import ipaddress
@@ -24,6 +25,7 @@ import yaml
 from .grants.base import ConfigRules
 from .grants.client_auth import METHODS as CLIENT_AUTH_METHODS
 from .grants.registry import GRANTS as GRANT_SPECS
+from .present import BEARER, parse_present
 from .providers import PRESETS
 from .routes import Route, RouteTable, normalize_host
 from .tokens import fingerprint
@@ -102,6 +104,7 @@ class CredentialConfig:
     policy: TokenPolicy = field(default_factory=TokenPolicy)
     # Keys a grant or client authentication method reads that have no field of their own.
     options: Mapping[str, str] = field(default_factory=dict, repr=False)
+    dpop: bool = False  # sender-constrained tokens (RFC 9449): a key pair kept in the store
 
     @property
     def seed_id(self) -> str | None:
@@ -152,6 +155,16 @@ class CredentialConfig:
             "authorization_params": dict(sorted(auth_params.items())),
             "username": self.username,  # only a grant that reads it (password) has one
         }
+        spec = GRANT_SPECS.get(self.grant)
+        # Whose token it is, for grants that say (a service account, an app installation);
+        # absent otherwise, so the identity of every other credential stays as it was.
+        own = {
+            k: self.options[k] for k in (spec.rules.identity if spec else ()) if k in self.options
+        }
+        if own:
+            parts["grant_keys"] = dict(sorted(own.items()))
+        if self.dpop:  # DPoP-bound tokens are useless without the key: never mixed with others
+            parts["dpop"] = True
         canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -419,8 +432,11 @@ def parse_config(
     tokens = top.section("tokens")
     policy = _parse_policy(tokens, TokenPolicy())
     tokens.done()
-    credentials = _parse_credentials(top.section("credentials"), policy)
-    routes = _parse_routes(top, credentials)
+    credentials = {
+        name: _with_file_paths(cred, resolve)
+        for name, cred in _parse_credentials(top.section("credentials"), policy).items()
+    }
+    routes = _parse_routes(top, credentials, resolve)
     confdir = top.str("confdir")
     audit_log = top.str("audit_log")
     top.done()
@@ -538,7 +554,11 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
     tenant = c.str("tenant", "") or ""
     issuer = _https_url(c, "issuer", tenant)
     token_url = _https_url(c, "token_url", tenant)
-    if token_url is None and issuer is None:
+    if (
+        token_url is None
+        and issuer is None
+        and not (rules.endpoint_from and c.has(rules.endpoint_from))
+    ):
         raise c.error("token_url", "is required (or give issuer: to discover the endpoints)")
     scopes = c.words("scopes")
     scopes += tuple(s for s in c.words("required_scopes") if s not in scopes)
@@ -549,16 +569,22 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
     authorization_params = c.string_map("authorization_params")
     redirect_port = c.integer("redirect_port", 0, minimum=0, maximum=65535)
     common = {
-        "client_id": c.str("client_id", required=True),
+        "client_id": c.str("client_id", required=rules.client),
         "client_secret": c.str("client_secret"),
     }
     client_auth = c.choice("client_auth", tuple(CLIENT_AUTH_METHODS), "basic")
     params = c.string_map("params")
-    own = _grant_keys(c, grant, rules, common)
+    dpop = c.bool("dpop", False)
     method = CLIENT_AUTH_METHODS[client_auth]
+    for key in method.required:
+        if key in common and not common[key]:
+            raise c.error(key, f"is required for client_auth {client_auth}")
+    if rules.confidential and not method.proves and not common["client_secret"]:
+        raise c.error("client_secret", f"is required for grant {grant}")
+    own = _grant_keys(c, grant, rules, common)
     options = {
         **own.pop("options", {}),
-        **{k: c.str(k, required=True) or "" for k in method.required},
+        **{k: c.str(k, required=True) or "" for k in method.required if k not in common},
         **{k: v for k in method.optional if (v := c.str(k)) is not None},
     }
     if rules.endpoint is not None and not (endpoints.get(rules.endpoint) or issuer):
@@ -576,6 +602,7 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
         params=params,
         policy=cred_policy,
         options=options,
+        dpop=dpop,
         **endpoints,
         **common,
         **own,
@@ -595,11 +622,22 @@ def _grant_keys(
             if key in rules.required and not read[key]:
                 raise c.error(key, f"is required for grant {grant}")
             continue
+        if key in rules.lists:
+            words = c.words(key)
+            if key in rules.required and not words:
+                raise c.error(key, "is required")
+            if words:
+                options[key] = " ".join(words)
+            continue
         value = c.str(key, required=key in rules.required)
         if key in _OWN_FIELDS:
             own[key] = value
         elif value is not None:
             options[key] = value
+    given = {k for k, v in {**own, **options, **read}.items() if v}
+    if rules.one_of and not any(set(group) <= given for group in rules.one_of):
+        choices = " or ".join(" with ".join(group) for group in rules.one_of)
+        raise c.error(rules.one_of[0][0], f"grant {grant} needs {choices}")
     if options:
         own["options"] = options
     return own
@@ -615,7 +653,18 @@ def _https_url(c: _Reader, key: str, tenant: str) -> str | None:
     return url
 
 
-def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> RouteTable:
+def _with_file_paths(cred: CredentialConfig, resolve: Callable[[str], Path]) -> CredentialConfig:
+    """Key, certificate and service-account files (`*_file` keys) as paths relative to the
+    config file's directory, as every other path in it, not to wherever the proxy runs."""
+    files = {k: str(resolve(v)) for k, v in cred.options.items() if k.endswith("_file") and v}
+    return dataclasses.replace(cred, options={**cred.options, **files}) if files else cred
+
+
+def _parse_routes(
+    top: _Reader,
+    credentials: Mapping[str, CredentialConfig],
+    resolve: Callable[[str], Path] = Path,
+) -> RouteTable:
     raw = top.raw("routes")
     if raw is None:
         return RouteTable(())
@@ -647,6 +696,21 @@ def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> 
             raise r.error("path", f"expected a path prefix starting with '/', got {path!r}")
         existing = r.choice("existing_authorization", EXISTING_AUTH, "replace")
         allow_cross_site = r.bool("allow_cross_site", False)
+        try:
+            present = parse_present(r.raw("present"))
+        except ValueError as e:
+            raise r.error("present", str(e)) from None
+        cert_file, key_file = r.str("client_certificate_file"), r.str("client_key_file")
+        if (cert_file is None) != (key_file is None):
+            missing = "client_key_file" if key_file is None else "client_certificate_file"
+            raise r.error(missing, "is required with the other (mutual TLS to the API)")
+        client_cert = (
+            (str(resolve(cert_file)), str(resolve(key_file))) if cert_file and key_file else None
+        )
+        if credentials[cred].dpop and present != BEARER:
+            raise r.error(
+                "present", f"credential {cred!r} uses DPoP, whose tokens go in Authorization"
+            )
         r.done()
         routes.append(
             Route(
@@ -658,6 +722,8 @@ def _parse_routes(top: _Reader, credentials: Mapping[str, CredentialConfig]) -> 
                 path=path,
                 existing_authorization=existing,  # type: ignore[arg-type]
                 allow_cross_site=allow_cross_site,
+                present=present,
+                client_cert=client_cert,
             )
         )
     return RouteTable(tuple(routes))

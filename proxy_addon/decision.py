@@ -7,7 +7,7 @@ from typing import Literal, NamedTuple
 
 from mitmproxy import http
 
-from . import replies
+from . import present, replies
 from .compat import absolute_form
 from .guards import request_refusal
 from .health import is_direct_probe
@@ -45,7 +45,7 @@ def decide(flow: http.HTTPFlow, routes: RouteTable, *, resent: bool = False) -> 
         return PASS
     if refusal := request_refusal(flow, route):
         return Decision("refuse", route, refusal)
-    if "authorization" in req.headers and not resent:
+    if not resent and present.carried(req, route.present):
         if route.existing_authorization == "keep":
             return Decision("pass", route)
         if route.existing_authorization == "reject":

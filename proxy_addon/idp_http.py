@@ -127,7 +127,7 @@ def exchange(
     what: str,
     timeout: float,
     verify: str | bool,
-    data: Mapping[str, str] | None = None,
+    data: Mapping[str, str] | bytes | None = None,  # a form, or a body as it is
     auth: tuple[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
     cert: tuple[str, str] | None = None,

@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .config import CredentialConfig
+from .dpop_keys import attach_dpop_key
 from .errors import GrantError
 from .grants import Grant, sign_in_for
 from .grants.oauth import OAuthGrant
@@ -72,6 +73,7 @@ def login(
         raise LoginError(
             f"credential {grant.name!r}{uses} needs no sign-in; its tokens are fetched when needed"
         )
+    attach_dpop_key(grant, cfg, store)  # a DPoP sign-in binds its tokens to the stored key
     try:
         token = flow(grant, no_browser=no_browser, timeout=timeout, out=out, read=read)
     except GrantError as e:
@@ -314,6 +316,8 @@ def _authorization_request(
         "code_challenge_method": "S256",
         **dict(cfg.authorization_params),
     }
+    if grant.dpop_key is not None:  # RFC 9449 §10: the code is bound to the key
+        params["dpop_jkt"] = grant.dpop_key.thumbprint
     return f"{endpoint}{'&' if urlsplit(endpoint).query else '?'}{urlencode(params)}"
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+from .present import BEARER, Presentation
+
 __all__ = [
     "Route",
     "RouteTable",
@@ -113,6 +115,8 @@ class Route:
     path: str = "/"
     existing_authorization: Literal["replace", "keep", "reject"] = "replace"
     allow_cross_site: bool = False  # may browsers on other sites' pages use this credential?
+    present: Presentation = BEARER  # how the token goes to the API (`present:`)
+    client_cert: tuple[str, str] | None = None  # (certificate, key) files for mTLS to the API
 
     def matches_host(self, host: str, port: int) -> bool:
         return self.port == port and host_matches(self.host, host)

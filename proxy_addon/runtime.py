@@ -20,6 +20,7 @@ import certifi
 
 from .cache import CredentialCache
 from .config import Config, ConfigError, StoreConfig
+from .dpop_keys import attach_dpop_key
 from .grants import make_grant, spec_for
 from .store import MemoryStore, TokenStore
 from .store.registry import open_backend
@@ -54,6 +55,7 @@ class Runtime:
         caches = {}
         for name, cred in config.credentials.items():
             grant = make_grant(cred, ca_bundle or True)
+            attach_dpop_key(grant, cred, store)  # DPoP credentials: their key, from the store
             # A grant that does not persist (static) has its token in the config already.
             caches[name] = CredentialCache(
                 name, grant, store if grant.persist else None, cred.policy,

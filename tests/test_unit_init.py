@@ -28,7 +28,9 @@ def xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_packaged_starters_are_the_repository_files() -> None:
-    assert preset_names() == ["github", "google", "microsoft"]
+    assert preset_names() == [
+        "github", "github-app", "google", "google-service-account", "microsoft",
+    ]  # fmt: skip
     assert starter_text(None) == (ROOT / "config" / "example.yaml").read_text()
     for name in preset_names():
         assert starter_text(name) == (ROOT / "config" / "providers" / f"{name}.yaml").read_text()
@@ -69,7 +71,8 @@ def test_unknown_preset_is_refused(xdg: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["init", "--preset", "okta"])
     assert e.value.code == 2
-    with pytest.raises(InitError, match="choose one of github, google, microsoft"):
+    choices = "github, github-app, google, google-service-account, microsoft"
+    with pytest.raises(InitError, match=f"choose one of {choices}"):
         starter_text("okta")
 
 

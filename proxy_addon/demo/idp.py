@@ -15,6 +15,8 @@ state in `idp_protocol`, the HTML in `idp_pages`; this module speaks HTTP.
 from __future__ import annotations
 
 import base64
+import hashlib
+import secrets
 import threading
 import time
 from collections import Counter
@@ -22,8 +24,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
+from cryptography import x509
+
 from proxy_addon.demo import idp_pages as pages
 from proxy_addon.demo.certs import Pki
+from proxy_addon.demo.dpop_check import DpopVerifier, ProofError
 from proxy_addon.demo.idp_grants import (
     NO_STORE,
     WRONG_LOGIN,
@@ -32,6 +37,7 @@ from proxy_addon.demo.idp_grants import (
     OAuthError,
     invalid_client,
 )
+from proxy_addon.demo.idp_jwt import JWT_BEARER_GRANT, JwtChecker, VerifyKey
 from proxy_addon.demo.idp_protocol import (
     AuthorizationRequest,
     PageError,
@@ -49,8 +55,12 @@ FAULTS = frozenset({"500", "503", "malformed", "invalid_grant", "slow"})
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 GRANT_TYPES = (
     "authorization_code", "refresh_token", "client_credentials", "password", DEVICE_CODE_GRANT,
+    JWT_BEARER_GRANT,
 )  # fmt: skip
-_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+_AUTH_METHODS = (
+    "client_secret_basic", "client_secret_post", "none", "private_key_jwt", "client_secret_jwt",
+    "tls_client_auth", "self_signed_tls_client_auth",
+)  # fmt: skip
 # Credentials, so never written to the request log.
 _SECRET_PARAMS = frozenset(
     {"client_secret", "refresh_token", "code", "code_verifier", "password", "assertion",
@@ -61,6 +71,11 @@ _POST = frozenset({"POST"})
 
 _Endpoint = Callable[[Request], Response]
 _GrantHandler = Callable[[str, dict[str, str], float], Issued]
+
+
+def x5t_s256(der: bytes) -> str:
+    """A certificate's `x5t#S256` thumbprint (RFC 8705 §3.1)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
 
 
 def _form_pairs(request: Request) -> list[tuple[str, str]]:
@@ -164,6 +179,14 @@ class AuthServer(BackgroundServer):
         self.advertised_interval: float | None = None
         self.slow_down_step = 5.0  # RFC 8628 §3.5: what each slow_down adds to that interval
         self._grants = GrantStore()
+        self.jwt = JwtChecker()  # keys for client assertions and JWT-bearer issuers
+        # RFC 8705: clients that authenticate by certificate (client_id -> thumbprint or
+        # subject DN), and the certificate each access token is bound to.
+        self._tls_clients: dict[str, tuple[str | None, str | None]] = {}
+        self._bound: dict[str, str] = {}
+        # RFC 9449: proofs at the token endpoint, and the key (jkt) each token is bound to.
+        self.dpop = DpopVerifier()
+        self._dpop_bound: dict[str, str] = {}
         # One lock for grants and counters; tests peek at `_access` under it.
         self._lock = self._grants.lock
         self._access = self._grants.access
@@ -235,6 +258,7 @@ class AuthServer(BackgroundServer):
             "token_endpoint_auth_methods_supported": list(_AUTH_METHODS),
             "revocation_endpoint_auth_methods_supported": list(_AUTH_METHODS),
             "authorization_response_iss_parameter_supported": True,  # RFC 9207
+            "tls_client_certificate_bound_access_tokens": True,  # RFC 8705 §3.3
             **self.metadata_extra,
         }
 
@@ -296,6 +320,39 @@ class AuthServer(BackgroundServer):
         """Register (or replace) a client. Without a secret it is a public client (RFC 6749
         §2.1): it identifies itself by client_id alone and must use PKCE."""
         self._grants.add_client(client_id, client_secret, redirect_uris)
+
+    def add_client_key(self, client_id: str, key: VerifyKey) -> None:
+        """Let `client_id` authenticate with assertions `key` verifies (a public key, or a
+        shared secret for client_secret_jwt). An unknown client is registered as
+        confidential, with a secret nobody knows."""
+        if self._grants.client(client_id) is None:
+            self.add_client(client_id, secrets.token_urlsafe(24))
+        self.jwt.add_client_key(client_id, key)
+
+    def add_client_cert(
+        self, client_id: str, *, thumbprint: str | None = None, subject_dn: str | None = None
+    ) -> None:
+        """Let `client_id` authenticate with a TLS client certificate (RFC 8705 §2): a
+        self-signed one known by its `x5t#S256` thumbprint, or one from a CA the server
+        trusts (`trust_client_certs`) known by its subject DN (RFC 4514 form)."""
+        if self._grants.client(client_id) is None:
+            self.add_client(client_id, secrets.token_urlsafe(24))
+        with self._lock:
+            self._tls_clients[client_id] = (thumbprint, subject_dn)
+
+    def dpop_jkt_of(self, access_token: str) -> str | None:
+        """The thumbprint of the DPoP key this token is bound to (RFC 9449 §6), if any."""
+        with self._lock:
+            return self._dpop_bound.get(access_token)
+
+    def cnf_of(self, access_token: str) -> str | None:
+        """The `x5t#S256` of the certificate this token is bound to (RFC 8705 §3), if any."""
+        with self._lock:
+            return self._bound.get(access_token)
+
+    def add_jwt_issuer(self, issuer: str, key: VerifyKey) -> None:
+        """Accept JWT-bearer grants (RFC 7523 §2.1) signed by `issuer` with `key`."""
+        self.jwt.add_issuer_key(issuer, key)
 
     def add_user(self, username: str, password: str) -> None:
         self._grants.add_user(username, password)
@@ -380,8 +437,67 @@ class AuthServer(BackgroundServer):
             self._discovery_requests += 1
         return Response.of_json(200, self.metadata)
 
+    def _tls_client(
+        self, client_id: str, known: tuple[str | None, str | None], peer: bytes | None
+    ) -> str:
+        if peer is None:
+            raise invalid_client("this client authenticates with a TLS client certificate")
+        thumbprint, subject_dn = known
+        if thumbprint is not None and x5t_s256(peer) != thumbprint:
+            raise invalid_client("the TLS client certificate is not this client's")
+        if subject_dn is not None:
+            subject = x509.load_der_x509_certificate(peer).subject.rfc4514_string()
+            if subject != subject_dn:
+                raise invalid_client("the TLS client certificate's subject is not this client's")
+        return client_id
+
+    def _bind(self, issued: Issued, request: Request, jkt: str | None = None) -> Response:
+        """RFC 8705 §3: a token asked for over mutual TLS is bound to that certificate;
+        RFC 9449 §5: one asked for with a DPoP proof to the proof's key (token_type DPoP)."""
+        with self._lock:
+            if request.peer_cert is not None:
+                self._bound[issued.access] = x5t_s256(request.peer_cert)
+            if jkt is not None:
+                self._dpop_bound[issued.access] = jkt
+        ttl = self.access_token_ttl
+        return self._token_response(issued, ttl, "DPoP" if jkt else "Bearer")
+
+    def _dpop_proof(self, request: Request) -> str | None:
+        """The key thumbprint of the request's DPoP proof, None without one (RFC 9449 §5)."""
+        proofs = request.headers.get_all("DPoP") or []
+        if not proofs:
+            return None
+        if len(proofs) > 1:
+            raise OAuthError("invalid_dpop_proof", "more than one DPoP header")
+        url = self.url + urlsplit(request.path).path
+        try:
+            return self.dpop.verify(proofs[0], request.method, url)
+        except ProofError as e:
+            if e.use_nonce:
+                # §8: 400 use_dpop_nonce with the nonce to put in the next proof.
+                headers = {"DPoP-Nonce": self.dpop.nonce}
+                raise OAuthError("use_dpop_nonce", str(e), 400, headers) from None
+            raise OAuthError("invalid_dpop_proof", str(e)) from None
+
+    def _audiences(self, request: Request) -> list[str]:
+        # RFC 7523 §3: the token endpoint's URL, or the issuer identifier.
+        return [self.url + urlsplit(request.path).path, self.url]
+
     def _client_of(self, form: dict[str, str], request: Request) -> str:
         basic = _basic_credentials(request.headers.get("Authorization"))
+        client_id = form.get("client_id")
+        with self._lock:
+            tls_client = self._tls_clients.get(client_id or "")
+        if (
+            tls_client is not None
+            and basic is None
+            and not {"client_secret", "client_assertion"} & set(form)
+        ):
+            return self._tls_client(client_id or "", tls_client, request.peer_cert)
+        if "client_assertion" in form or "client_assertion_type" in form:
+            if basic is not None or "client_secret" in form:
+                raise OAuthError("invalid_request", "more than one client authentication method")
+            return self.jwt.client(form, self._audiences(request))
         return self._grants.authenticate(form.get("client_id"), form.get("client_secret"), basic)
 
     # The token endpoint.
@@ -416,7 +532,15 @@ class AuthServer(BackgroundServer):
         return response
 
     def _grant(self, form: dict[str, str], request: Request) -> Response:
+        if form.get("grant_type") == JWT_BEARER_GRANT:
+            return self._jwt_bearer(form, request)
         client_id = self._client_of(form, request)
+        jkt = self._dpop_proof(request)  # before the grant: a refused proof spends no code
+        if form.get("grant_type") == "authorization_code":
+            bound = self._grants.code_dpop_jkt(form.get("code", ""))
+            if bound is not None and bound != jkt:
+                # RFC 9449 §10.1: only the key named at the authorization endpoint redeems it.
+                raise OAuthError("invalid_dpop_proof", "the code is bound to another DPoP key")
         grant_type = _required(form, "grant_type")
         handlers: dict[str, _GrantHandler] = {
             "client_credentials": self._client_credentials,
@@ -429,7 +553,7 @@ class AuthServer(BackgroundServer):
         if handler is None:
             raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is unsupported")
         ttl = self.access_token_ttl
-        return self._token_response(handler(client_id, form, ttl), ttl)
+        return self._bind(handler(client_id, form, ttl), request, jkt)
 
     def _client_credentials(self, client_id: str, form: dict[str, str], ttl: float) -> Issued:
         scope = normalize_scope(form.get("scope", ""))
@@ -456,8 +580,23 @@ class AuthServer(BackgroundServer):
         device_code = _required(form, "device_code")
         return self._grants.poll_device(client_id, device_code, ttl, self.slow_down_step)
 
-    def _token_response(self, issued: Issued, ttl: float) -> Response:
-        payload: dict[str, Any] = {"access_token": issued.access, "token_type": "Bearer"}
+    def _jwt_bearer(self, form: dict[str, str], request: Request) -> Response:
+        """RFC 7523 §2.1: the assertion proves who asks; client authentication is optional
+        (§3.1), and checked when sent. The scope comes from the form or, Google-style, from
+        the assertion's `scope` claim."""
+        if {"client_id", "client_secret", "client_assertion"} & set(form) or request.headers.get(
+            "Authorization"
+        ):
+            self._client_of(form, request)
+        jkt = self._dpop_proof(request)
+        asserted = self.jwt.bearer(_required(form, "assertion"), self._audiences(request))
+        scope = normalize_scope(form.get("scope") or str(asserted.claims.get("scope", "")))
+        ttl = self.access_token_ttl
+        issued = self._grants.bearer_grant(asserted.issuer, asserted.subject, scope, ttl)
+        return self._bind(issued, request, jkt)
+
+    def _token_response(self, issued: Issued, ttl: float, token_type: str = "Bearer") -> Response:  # noqa: S107
+        payload: dict[str, Any] = {"access_token": issued.access, "token_type": token_type}
         if self.advertised_expires_in is not None:
             payload["expires_in"] = _json_number(self.advertised_expires_in)
         elif self.include_expires_in:

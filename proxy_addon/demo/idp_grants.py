@@ -261,6 +261,13 @@ class GrantStore:
                 raise OAuthError("unauthorized_client", "a public client cannot use this grant")
             return Issued(self._new_access(client_id, scope, _family(), ttl), scope, None)
 
+    def bearer_grant(self, issuer: str, subject: str, scope: str, ttl: float) -> Issued:
+        """An access token for a verified JWT-bearer assertion (RFC 7523 §2.1): no refresh
+        token, the client asks with a new assertion instead."""
+        with self.lock:
+            access = self._new_access(issuer, scope, _family(), ttl, subject)
+            return Issued(access, scope, None)
+
     def refresh_grant(
         self, client_id: str, presented: str, requested: str | None, ttl: float, rotate: bool
     ) -> Issued:
@@ -300,6 +307,12 @@ class GrantStore:
         with self.lock:
             self._codes[code] = _Code(request, subject, time.time() + ttl, _family())
         return code
+
+    def code_dpop_jkt(self, presented: str) -> str | None:
+        """The DPoP key thumbprint an authorization code is bound to (RFC 9449 §10), if any."""
+        with self.lock:
+            code = self._codes.get(presented)
+            return code.request.fields.get("dpop_jkt") if code is not None else None
 
     def redeem_code(
         self,

@@ -40,7 +40,7 @@ _USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 # What the sign-in form carries along in hidden fields; anything else is ignored (§3.1).
 _AUTHORIZATION_PARAMS = (
     "response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge",
-    "code_challenge_method",
+    "code_challenge_method", "dpop_jkt",  # RFC 9449 §10: the code is bound to that key
 )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, BinaryIO, Self
 from urllib.parse import urlsplit
 
@@ -37,6 +38,7 @@ class Request:
     path: str  # as sent: path and query
     headers: Message
     body: bytes
+    peer_cert: bytes | None = None  # the client's TLS certificate (DER), when it sent one
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(400, str(error))
             return
         try:
-            response = self.server.app.handle(Request(self.command, self.path, self.headers, body))
+            peer = (
+                self.connection.getpeercert(binary_form=True)
+                if isinstance(self.connection, ssl.SSLSocket)
+                else None
+            )
+            request = Request(self.command, self.path, self.headers, body, peer or None)
+            response = self.server.app.handle(request)
         except HangUp:
             self.close_connection = True
             return
@@ -219,6 +227,14 @@ class BackgroundServer:
 
     def handle(self, request: Request) -> Response:
         raise NotImplementedError
+
+    def trust_client_certs(self, ca_file: Path) -> None:
+        """Ask TLS clients for a certificate (RFC 8705) and accept those `ca_file` vouches for
+        (a self-signed certificate vouches for itself). Clients without one still connect."""
+        if self._tls is None:
+            raise ValueError("client certificates need a TLS server")
+        self._tls.verify_mode = ssl.CERT_OPTIONAL
+        self._tls.load_verify_locations(ca_file)
 
     @property
     def port(self) -> int:

@@ -31,7 +31,13 @@ if TYPE_CHECKING:
     from ..config import CredentialConfig
     from ..tokens import Token
 
-__all__ = ["ConfigRules", "Grant", "GrantSpec", "SignIn", "resolve"]
+__all__ = ["ConfigRules", "Grant", "GrantSpec", "KeyFileError", "SignIn", "resolve"]
+
+
+class KeyFileError(ValueError):
+    """A key, certificate or service-account file that cannot be used; the message names the
+    config key and the file, and says what to do. (Here, not in `keys`, so that modules the
+    config imports can catch it without loading PyJWT.)"""
 
 
 class Grant(Protocol):
@@ -71,6 +77,16 @@ class ConfigRules:
     `endpoint`: an endpoint key it cannot do without, unless an `issuer` lets it be discovered.
     `seed`: a key whose value is the grant's first token source; without it, and with no
     stored token, the credential needs a sign-in.
+    `confidential`: the client must prove who it is (a secret, or a `client_auth` method that
+    proves without one, such as private_key_jwt). `client`: False when `client_id` may be left
+    out (a JWT-bearer grant whose signed assertion alone says who asks).
+    `lists`: of its keys, those that take a list of strings (kept space-separated).
+    `identity`: of its keys, those that decide whose token it is (a service account, an app
+    installation): they enter the credential's store identity.
+    `endpoint_from`: a key that can stand in for `token_url` (a service-account file names its
+    token endpoint).
+    `one_of`: groups of its keys of which at least one must be given whole (a service-account
+    file, or a key file and an issuer).
     """
 
     oauth: bool = True
@@ -79,6 +95,12 @@ class ConfigRules:
     secret: tuple[str, ...] = ()
     endpoint: str | None = None
     seed: str | None = None
+    confidential: bool = False
+    client: bool = True
+    lists: tuple[str, ...] = ()
+    identity: tuple[str, ...] = ()
+    endpoint_from: str | None = None
+    one_of: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

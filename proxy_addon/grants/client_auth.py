@@ -7,6 +7,16 @@ request to `endpoint` (the token, device or revocation endpoint — a signed ass
 as its audience). `METHODS` is the table `client_auth:` chooses from; each entry also says
 which extra config keys the method reads, so a new method (private_key_jwt, client_secret_jwt,
 tls_client_auth) is one function plus one line here.
+
+Mutual TLS (RFC 8705 §2): `tls_client_auth` / `self_signed_tls_client_auth` send the client
+certificate (`client_certificate_file`, `client_key_file`) on the connection itself; the key
+file must be owner-only and unencrypted, and the certificate must be the key's.
+
+Signed assertions (RFC 7523 §2.2, OIDC Core §9): `private_key_jwt` signs with a key file
+(RS256/PS256/ES256/EdDSA; `key_id` names it in `kid`; `certificate_file` adds the `x5t#S256`
+Microsoft Entra wants for certificate credentials), `client_secret_jwt` with the secret (HS256).
+Each request gets a fresh `jti` and a one-minute life; the audience is the endpoint, or the
+issuer with `assertion_audience: issuer` (or any URL given there).
 """
 
 from __future__ import annotations
@@ -16,12 +26,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote_plus
 
-from .base import resolve
+from ..errors import GrantError
+from .base import KeyFileError, resolve
 
 if TYPE_CHECKING:
     from ..config import CredentialConfig
 
-__all__ = ["METHODS", "ClientAuthentication", "MethodSpec", "authenticate"]
+__all__ = ["ASSERTION_TYPE", "METHODS", "ClientAuthentication", "MethodSpec", "authenticate"]
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME = 60.0  # seconds: long enough for clock skew, too short to be worth stealing
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +58,9 @@ class MethodSpec:
     required: tuple[str, ...] = ()  # config keys the method needs (e.g. a key file)
     optional: tuple[str, ...] = ()
     secret: tuple[str, ...] = ()  # of those, the ones never to show
+    # Does the method prove the client without a client_secret (a signed assertion, a
+    # certificate)? Otherwise a grant that needs an authenticated client needs the secret.
+    proves: bool = False
 
 
 def basic(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
@@ -64,12 +81,99 @@ def post(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
     return ClientAuthentication(form=form)
 
 
+def _audience(cfg: CredentialConfig, endpoint: str) -> str:
+    wanted = cfg.options.get("assertion_audience") or "token_endpoint"
+    if wanted == "token_endpoint":
+        return endpoint
+    if wanted == "issuer":
+        if not cfg.issuer:
+            raise KeyFileError("assertion_audience: 'issuer' needs issuer: in the credential")
+        return cfg.issuer
+    return wanted
+
+
+def _assertion(cfg: CredentialConfig, token: str) -> ClientAuthentication:
+    return ClientAuthentication(
+        form={
+            "client_id": cfg.client_id or "",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": token,
+        }
+    )
+
+
+def private_key_jwt(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
+    """A JWT signed with the client's private key (OIDC Core §9 `private_key_jwt`)."""
+    from . import keys  # PyJWT and cryptography load when a key is first used, not with config
+
+    key = keys.load_private_key(
+        cfg.options["private_key_file"],
+        key="private_key_file",
+        passphrase=cfg.options.get("private_key_passphrase"),
+    )
+    alg = keys.algorithm_for(key, cfg.options.get("signing_alg"), key="private_key_file")
+    headers: dict[str, str] = {}
+    if kid := cfg.options.get("key_id"):
+        headers["kid"] = kid
+    if cert := cfg.options.get("certificate_file"):
+        headers["x5t#S256"] = keys.cert_thumbprint(cert, key="certificate_file")
+    client_id = cfg.client_id or ""
+    claims = keys.fresh_claims(client_id, client_id, _audience(cfg, endpoint), ASSERTION_LIFETIME)
+    return _assertion(cfg, keys.sign(claims, key, alg, headers=headers))
+
+
+def client_secret_jwt(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
+    """A JWT MACed with the client secret (OIDC Core §9 `client_secret_jwt`, HS256)."""
+    from . import keys
+
+    client_id = cfg.client_id or ""
+    claims = keys.fresh_claims(client_id, client_id, _audience(cfg, endpoint), ASSERTION_LIFETIME)
+    return _assertion(cfg, keys.sign(claims, cfg.client_secret or "", "HS256"))
+
+
+def tls(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
+    """Mutual TLS (RFC 8705 §2): the client's certificate proves it, its id goes in the body.
+    `tls_client_auth` (a CA-issued certificate the IdP knows by subject) and
+    `self_signed_tls_client_auth` (one it knows by its key) differ only at the IdP."""
+    from . import keys
+
+    cert = keys.check_tls_pair(
+        cfg.options["client_certificate_file"], cfg.options["client_key_file"]
+    )
+    return ClientAuthentication(form={"client_id": cfg.client_id or ""}, cert=cert)
+
+
+_TLS_FILES = ("client_certificate_file", "client_key_file")
+_KEY_OPTIONS = ("private_key_passphrase", "signing_alg", "key_id", "certificate_file")
+
 METHODS: dict[str, MethodSpec] = {
     "basic": MethodSpec(".client_auth:basic"),
     "post": MethodSpec(".client_auth:post"),
+    "private_key_jwt": MethodSpec(
+        ".client_auth:private_key_jwt",
+        required=("private_key_file",),
+        optional=(*_KEY_OPTIONS, "assertion_audience"),
+        secret=("private_key_passphrase",),
+        proves=True,
+    ),
+    "client_secret_jwt": MethodSpec(
+        ".client_auth:client_secret_jwt",
+        required=("client_secret",),
+        optional=("assertion_audience",),
+        proves=True,
+    ),
+    "tls_client_auth": MethodSpec(".client_auth:tls", required=_TLS_FILES, proves=True),
+    "self_signed_tls_client_auth": MethodSpec(".client_auth:tls", required=_TLS_FILES, proves=True),
 }
 
 
 def authenticate(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
+    """What to add to one request to `endpoint`. A grant without a client (a JWT-bearer grant
+    whose assertion alone proves who asks) adds nothing."""
+    if not cfg.client_id:
+        return ClientAuthentication()
     method: Method = resolve(METHODS[cfg.client_auth].function)
-    return method(cfg, endpoint)
+    try:
+        return method(cfg, endpoint)
+    except KeyFileError as e:
+        raise GrantError("bad_client_key", f"credential {cfg.name!r}: {e}", terminal=True) from None

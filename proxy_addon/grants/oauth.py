@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..discovery import Endpoints, endpoints_for
+from ..dpop import NonceCache, nonce_asked, proof
 from ..errors import GrantError
 from ..idp_http import Answer, exchange
 from ..token_answer import parse_token_answer
@@ -22,6 +23,7 @@ from .client_auth import authenticate
 
 if TYPE_CHECKING:
     from ..config import CredentialConfig
+    from ..dpop import DpopKey
     from ..tokens import Token
 
 __all__ = ["ONE_TIME_GRANTS", "OAuthGrant", "TokenRequest"]
@@ -54,6 +56,10 @@ class OAuthGrant:
     def __init__(self, cfg: CredentialConfig, verify: str | bool) -> None:
         self.cfg, self.name, self.verify = cfg, cfg.name, verify
         self._endpoints: Endpoints | None = None
+        # DPoP (RFC 9449): the credential's key, given by whoever owns the store
+        # (`dpop_keys.attach_dpop_key`), and the nonces the IdP's origins asked for.
+        self.dpop_key: DpopKey | None = None
+        self.dpop_nonces = NonceCache()
 
     def obtain(self, previous: Token | None) -> Token:
         raise NotImplementedError
@@ -71,14 +77,21 @@ class OAuthGrant:
         return {"scope": " ".join(self.cfg.scopes)} if self.cfg.scopes else {}
 
     def prepare(self, request: TokenRequest) -> TokenRequest:
-        """The last word on a request before it is sent; a hook for proofs (DPoP) or headers."""
+        """The last word on a request before it is sent; a hook for proofs (DPoP) or headers.
+        With a DPoP key: a fresh proof, with the nonce the endpoint's origin last gave."""
+        if self.dpop_key is not None:
+            nonce = self.dpop_nonces.get(request.url)
+            request.headers["DPoP"] = proof(self.dpop_key, "POST", request.url, nonce=nonce)
         return request
 
     def again(self, request: TokenRequest, answer: Answer) -> TokenRequest | None:
         """A request to send once more after `answer` refused `request` without acting on it
         (a DPoP `use_dpop_nonce`), or None to take the answer as it is. At most once per
         request; `prepare` runs again on it (a fresh proof with the nonce just learned)."""
-        return None
+        if self.dpop_key is None:
+            return None
+        self.dpop_nonces.learn(request.url, answer.headers)
+        return request if nonce_asked(answer.status, answer.headers, answer.body) else None
 
     def post(self, url: str, form: dict[str, str], *, what: str, timeout: float) -> Answer:
         """One bounded POST to `url` with `form` and the client's authentication."""
@@ -90,7 +103,14 @@ class OAuthGrant:
         )
         answer = self._send(request, what, timeout)
         retry = self.again(request, answer)
-        return answer if retry is None else self._send(self.prepare(retry), what, timeout)
+        if retry is None:
+            return answer
+        # A fresh client assertion too: the refused request may have spent its jti.
+        retry.form.update(authenticate(self.cfg, url).form)
+        answer = self._send(self.prepare(retry), what, timeout)
+        if self.dpop_key is not None:
+            self.dpop_nonces.learn(url, answer.headers)
+        return answer
 
     def _send(self, request: TokenRequest, what: str, timeout: float) -> Answer:
         return exchange(

@@ -31,7 +31,7 @@ __all__ = ["GRANTS", "make_grant", "sign_in_for", "spec_for"]
 
 GRANTS: dict[str, GrantSpec] = {
     "client_credentials": GrantSpec(
-        ".client_credentials:ClientCredentialsGrant", ConfigRules(required=("client_secret",))
+        ".client_credentials:ClientCredentialsGrant", ConfigRules(confidential=True)
     ),
     "refresh_token": GrantSpec(
         ".refresh_token:RefreshTokenGrant",
@@ -53,6 +53,50 @@ GRANTS: dict[str, GrantSpec] = {
         ".password:PasswordGrant",
         ConfigRules(required=("username", "password"), secret=("password",)),
         sign_in=".password:sign_in",
+    ),
+    "jwt_bearer": GrantSpec(
+        ".jwt_bearer:JwtBearerGrant",
+        ConfigRules(
+            client=False,
+            optional=(
+                "service_account_file",
+                "private_key_file",
+                "private_key_passphrase",
+                "signing_alg",
+                "key_id",
+                "assertion_issuer",
+                "assertion_subject",
+                "assertion_audience",
+            ),
+            secret=("private_key_passphrase",),
+            identity=(
+                "service_account_file",
+                "assertion_issuer",
+                "assertion_subject",
+                "assertion_audience",
+            ),
+            endpoint_from="service_account_file",
+            one_of=(("service_account_file",), ("private_key_file", "assertion_issuer")),
+        ),
+    ),
+    "github_app": GrantSpec(
+        ".github_app:GitHubAppGrant",
+        ConfigRules(
+            oauth=False,
+            required=("installation_id", "private_key_file"),
+            optional=(
+                "app_id",
+                "client_id",
+                "api_url",
+                "repositories",
+                "permissions",
+                "private_key_passphrase",
+            ),
+            secret=("private_key_passphrase",),
+            lists=("repositories", "permissions"),
+            identity=("app_id", "installation_id", "api_url", "repositories", "permissions"),
+            one_of=(("app_id",), ("client_id",)),
+        ),
     ),
     "static": GrantSpec(
         ".static:StaticGrant",

@@ -8,6 +8,7 @@ only) and records each request (never the token: its fingerprint).
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import threading
@@ -35,9 +36,13 @@ class GitServer(BackgroundServer):
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        basic_user: str | None = None,
     ) -> None:
         super().__init__(pki, host, port)
         self.root = root
+        # With a user name: wants HTTP Basic with that user and the token as password instead
+        # (GitHub's `x-access-token`), as git sends it.
+        self.basic_user = basic_user
         self._validator = validator
         self._lock = threading.Lock()
         self._log: list[dict[str, Any]] = []
@@ -49,15 +54,20 @@ class GitServer(BackgroundServer):
 
     def handle(self, request: Request) -> Response:
         scheme, _, token = (request.headers.get("Authorization") or "").strip().partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""
+        token = (
+            token.strip()
+            if scheme.lower() == "bearer" and self.basic_user is None
+            else (self._basic_password(token) if scheme.lower() == "basic" else "")
+        )
         authorized = bool(token) and self._validator(token)
         if authorized:
             response = self._backend(request)
         else:
+            challenge = 'Basic realm="git"' if self.basic_user else 'Bearer realm="git"'
             response = Response(
                 401,
-                b"a valid Bearer token is required\n",
-                {"WWW-Authenticate": 'Bearer realm="git"', "Content-Type": "text/plain"},
+                b"a valid token is required\n",
+                {"WWW-Authenticate": challenge, "Content-Type": "text/plain"},
             )
         with self._lock:
             self._log.append(
@@ -70,6 +80,15 @@ class GitServer(BackgroundServer):
                 }
             )
         return response
+
+    def _basic_password(self, blob: str) -> str:
+        try:
+            user, _, password = (
+                base64.b64decode(blob.strip(), validate=True).decode().partition(":")
+            )
+        except ValueError:
+            return ""
+        return password if self.basic_user is not None and user == self.basic_user else ""
 
     def _backend(self, request: Request) -> Response:
         path, _, query = request.path.partition("?")

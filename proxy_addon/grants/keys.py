@@ -1,0 +1,236 @@
+"""Signing keys from files, and JWTs signed with them (PyJWT on `cryptography`).
+
+Every failure a person can meet is a `KeyFileError` naming the config key and the file, and
+saying what to do: a missing or unreadable file, a file others may read, an encrypted PEM
+without its passphrase (or with a wrong one), a key of the wrong type for the algorithm.
+Parsed keys are cached by (path, size, mtime, passphrase): an RSA key takes milliseconds to
+load and check, an assertion is wanted on every token request. Nothing here logs a key.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import os
+import secrets
+import stat
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+
+from .base import KeyFileError
+
+__all__ = [
+    "ALGORITHMS",
+    "KeyFileError",
+    "PrivateKey",
+    "algorithm_for",
+    "cert_thumbprint",
+    "check_tls_pair",
+    "fresh_claims",
+    "load_private_key",
+    "read_private_file",
+    "sign",
+]
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+# Which key type each algorithm we sign with needs (RFC 7518 §3.1, RFC 8037 §3.1).
+ALGORITHMS: dict[str, str] = {
+    "RS256": "RSA",
+    "PS256": "RSA",
+    "ES256": "EC P-256",
+    "EdDSA": "Ed25519",
+}
+MAX_KEY_FILE = 64 * 1024  # a PEM key or a service-account JSON is a few kB
+
+
+def read_private_file(path: str, *, key: str) -> bytes:
+    """A secret file's bytes, refusing one other users may read (group or world bits)."""
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{key}: {p} is not a regular file")
+        if st.st_mode & 0o077:
+            raise KeyFileError(
+                f"{key}: {p} can be read by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+                f"run `chmod 600 {p}`"
+            )
+        if st.st_size > MAX_KEY_FILE:
+            raise KeyFileError(f"{key}: {p} is larger than {MAX_KEY_FILE // 1024} KiB")
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"{key}: no such file: {p}") from None
+    except PermissionError:
+        raise KeyFileError(f"{key}: cannot read {p}: permission denied") from None
+    except OSError as e:
+        raise KeyFileError(f"{key}: cannot read {p}: {e.strerror}") from None
+
+
+def load_private_key(path: str, *, key: str, passphrase: str | None = None) -> PrivateKey:
+    """The private key in the PEM file `path` (named `key` in the config)."""
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)  # chmod too
+    except OSError:
+        stamp = (0, 0, 0, 0)  # read_private_file below says what is wrong
+    return _load_cached(str(p), key, passphrase, stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _load_cached(path: str, key: str, passphrase: str | None, stamp: tuple[int, ...]) -> PrivateKey:
+    return parse_private_key(read_private_file(path, key=key), key=key, passphrase=passphrase)
+
+
+def parse_private_key(pem: bytes, *, key: str, passphrase: str | None = None) -> PrivateKey:
+    """A PEM private key, or a `KeyFileError` saying what is wrong with it."""
+    password = passphrase.encode() if passphrase else None
+    try:
+        loaded = load_pem_private_key(pem, password=password)
+    except TypeError:
+        # cryptography: "Password was not given but private key is encrypted" (or the reverse).
+        if password is None:
+            raise KeyFileError(
+                f"{key}: the key is encrypted; give its passphrase as private_key_passphrase"
+            ) from None
+        raise KeyFileError(
+            f"{key}: the key is not encrypted; remove private_key_passphrase"
+        ) from None
+    except ValueError:
+        if password is not None and b"ENCRYPTED" in pem:
+            raise KeyFileError(f"{key}: wrong passphrase for the encrypted key") from None
+        raise KeyFileError(
+            f"{key}: not a PEM private key (expected '-----BEGIN PRIVATE KEY-----' or the RSA/"
+            "EC forms)"
+        ) from None
+    except Exception as e:  # unsupported algorithms and the like
+        raise KeyFileError(f"{key}: cannot load the key ({type(e).__name__})") from None
+    if isinstance(loaded, ed448.Ed448PrivateKey):
+        raise KeyFileError(f"{key}: Ed448 keys are not supported; use Ed25519")
+    if not isinstance(
+        loaded, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+    ):
+        raise KeyFileError(f"{key}: unsupported key type {type(loaded).__name__}")
+    return loaded
+
+
+def _kind(private_key: PrivateKey) -> str:
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        return "RSA"
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        return f"EC {'P-256' if private_key.curve.name == 'secp256r1' else private_key.curve.name}"
+    return "Ed25519"
+
+
+def algorithm_for(private_key: PrivateKey, wanted: str | None, *, key: str) -> str:
+    """The JWS algorithm: `wanted` if the key suits it, else the key's natural one."""
+    kind = _kind(private_key)
+    if isinstance(private_key, rsa.RSAPrivateKey) and private_key.key_size < 2048:
+        bits = private_key.key_size
+        raise KeyFileError(f"{key}: the RSA key has {bits} bits; use 2048 or more")
+    if wanted is None:
+        natural = {"RSA": "RS256", "EC P-256": "ES256", "Ed25519": "EdDSA"}.get(kind)
+        if natural is None:
+            raise KeyFileError(f"{key}: an {kind} key; use an EC P-256, RSA or Ed25519 key")
+        return natural
+    if wanted not in ALGORITHMS:
+        raise KeyFileError(f"signing_alg: expected one of {', '.join(ALGORITHMS)}, got {wanted!r}")
+    if ALGORITHMS[wanted] != kind:
+        raise KeyFileError(
+            f"{key}: signing_alg {wanted} needs an {ALGORITHMS[wanted]} key, the file holds an "
+            f"{kind} key"
+        )
+    return wanted
+
+
+def cert_thumbprint(path: str, *, key: str) -> str:
+    """`x5t#S256` (RFC 7515 §4.1.8, RFC 8705 §3.1): base64url SHA-256 of the certificate's DER."""
+    p = Path(path).expanduser()
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"{key}: no such file: {p}") from None
+    except OSError as e:
+        raise KeyFileError(f"{key}: cannot read {p}: {e.strerror}") from None
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise KeyFileError(f"{key}: {p} holds no PEM certificate") from None
+    digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def sign(
+    claims: Mapping[str, Any],
+    private_key: PrivateKey | str,
+    algorithm: str,
+    *,
+    headers: Mapping[str, Any] | None = None,
+) -> str:
+    """A compact JWS. `private_key` is a key, or an HMAC secret for HS256."""
+    return jwt.encode(dict(claims), private_key, algorithm=algorithm, headers=dict(headers or {}))
+
+
+def fresh_claims(
+    issuer: str, subject: str, audience: str, lifetime: float, now: float | None = None
+) -> dict[str, Any]:
+    """iss/sub/aud with a fresh `jti` and a short life (RFC 7523 §3): iat = nbf = now."""
+    now = int(time.time() if now is None else now)
+    return {
+        "iss": issuer,
+        "sub": subject,
+        "aud": audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + int(lifetime),
+        "jti": secrets.token_urlsafe(16),
+    }
+
+
+def check_tls_pair(cert_path: str, key_path: str) -> tuple[str, str]:
+    """A client certificate and its key for mutual TLS (RFC 8705), as absolute paths, once
+    checked: the key readable by its owner alone and not encrypted (TLS libraries take no
+    passphrase here), the certificate a PEM certificate for that very key."""
+    cert = str(Path(cert_path).expanduser())
+    key = str(Path(key_path).expanduser())
+    try:
+        stamps = tuple(
+            (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode) for st in map(os.stat, (cert, key))
+        )
+    except OSError:
+        stamps = ((0, 0, 0, 0), (0, 0, 0, 0))
+    _check_pair_cached(cert, key, stamps)
+    return cert, key
+
+
+@functools.lru_cache(maxsize=64)
+def _check_pair_cached(cert: str, key: str, stamps: tuple[tuple[int, ...], ...]) -> None:
+    pem = read_private_file(key, key="client_key_file")
+    if b"ENCRYPTED" in pem:
+        raise KeyFileError(
+            f"client_key_file: {key} is encrypted; TLS takes no passphrase here, so store it "
+            f"decrypted and owner-only (openssl pkey -in {key} -out new.pem; chmod 600 new.pem)"
+        )
+    private_key = parse_private_key(pem, key="client_key_file")
+    try:
+        data = Path(cert).read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"client_certificate_file: no such file: {cert}") from None
+    except OSError as e:
+        raise KeyFileError(f"client_certificate_file: cannot read {cert}: {e.strerror}") from None
+    try:
+        certificate = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise KeyFileError(f"client_certificate_file: {cert} holds no PEM certificate") from None
+    if certificate.public_key() != private_key.public_key():
+        raise KeyFileError(
+            f"client_certificate_file: {cert} is not the certificate of client_key_file {key}"
+        )

@@ -1,0 +1,151 @@
+"""How a route hands its token to the API: `present:` on a route.
+
+- `bearer` (the default): `Authorization: <token_type> <token>`.
+- `{header: X-Api-Key, value: "{token}"}`: any header, with a value template (`token {token}`
+  for GitHub's classic form; `{token_type}` is there too).
+- `{basic: x-access-token}`: HTTP Basic with that fixed user and the token as password (git
+  over HTTPS to GitHub).
+- `{query: access_token}`: a query parameter, for the APIs that still want one.
+
+`apply` puts the token in a request, `redact` replaces it by its redacted mark once the
+request has gone upstream (so flow files, the web UI and logs never hold it); the audit log
+writes paths without query values. Pure: plain functions over a mitmproxy request.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+    from .tokens import Token
+
+__all__ = [
+    "BEARER",
+    "REDACTED_PROOF",
+    "Presentation",
+    "apply",
+    "carried",
+    "parse_present",
+    "redact",
+    "strip",
+]
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 token
+# Headers whose meaning to the proxy or to HTTP framing a token must never take over.
+_FORBIDDEN_HEADERS = frozenset({
+    "host", "proxy-authorization", "proxy-connection", "connection", "content-length",
+    "transfer-encoding", "te", "upgrade", "keep-alive", "trailer", "cookie", "set-cookie",
+})  # fmt: skip
+_QUERY_NAME = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Presentation:
+    kind: Literal["header", "basic", "query"] = "header"
+    name: str = "authorization"  # header (lower case) or query parameter
+    template: str = "{token_type} {token}"  # the header's value
+    user: str = ""  # Basic's user name
+
+    def describe(self) -> str:
+        if self.kind == "basic":
+            return f"basic user {self.user}"
+        return f"{self.kind} {self.name}"
+
+
+BEARER = Presentation()
+
+
+def parse_present(raw: Any) -> Presentation:
+    """A route's `present:` value; ValueError says what is wrong (the caller adds the key)."""
+    if raw is None or raw == "bearer":
+        return BEARER
+    if not isinstance(raw, dict):
+        raise ValueError(
+            "expected bearer, or a mapping with one of header (and value), basic or query"
+        )
+    kinds = [k for k in ("header", "basic", "query") if k in raw]
+    unknown = sorted(set(raw) - {"header", "basic", "query", "value"})
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (known: header, value, basic, query)")
+    if len(kinds) != 1:
+        raise ValueError("give exactly one of header, basic or query")
+    kind, name = kinds[0], raw[kinds[0]]
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{kind}: expected a non-empty string")
+    if "value" in raw and kind != "header":
+        raise ValueError("value goes with header only")
+    if kind == "header":
+        lowered = name.lower()
+        if not _HEADER_NAME.match(name) or lowered in _FORBIDDEN_HEADERS:
+            raise ValueError(f"header: {name!r} cannot carry a token")
+        template = raw.get(
+            "value", "{token_type} {token}" if lowered == "authorization" else "{token}"
+        )
+        if not isinstance(template, str) or "{token}" not in template:
+            raise ValueError("value: must contain {token}")
+        if any(c in template for c in "\r\n\0"):
+            raise ValueError("value: no line breaks")
+        return Presentation("header", lowered, template)
+    if kind == "basic":
+        if ":" in name or any(c in name for c in "\r\n\0"):
+            raise ValueError("basic: a user name without ':' or line breaks")
+        return Presentation("basic", "authorization", user=name)
+    if not _QUERY_NAME.match(name):
+        raise ValueError(f"query: {name!r} is not a plain parameter name")
+    return Presentation("query", name)
+
+
+def _value(p: Presentation, token_type: str, token: str) -> str:
+    if p.kind == "basic":
+        return "Basic " + base64.b64encode(f"{p.user}:{token}".encode()).decode()
+    # Replaced, not str.format: a template is config, and braces elsewhere stay as they are.
+    return p.template.replace("{token_type}", token_type).replace("{token}", token)
+
+
+def apply(req: http.Request, p: Presentation, token: Token) -> None:
+    """Put `token` into `req` as `p` says (replacing what the client sent under that name)."""
+    if p.kind == "query":
+        req.query[p.name] = token.access_token
+    else:
+        req.headers[p.name] = _value(p, token.token_type, token.access_token)
+
+
+REDACTED_PROOF = "<redacted:dpop-proof>"
+
+
+def redact(req: http.Request, p: Presentation, token_type: str, mark: str) -> None:
+    """Replace the token in `req` by `mark` (the redacted token, never usable), and a DPoP
+    proof by a placeholder: a proof is bound to this request, but redacted like a token."""
+    if "dpop" in req.headers:
+        req.headers["dpop"] = REDACTED_PROOF
+    if p.kind == "query":
+        if p.name in req.query:
+            req.query[p.name] = mark
+    elif p.kind == "basic":
+        req.headers[p.name] = f"Basic {mark}"
+    else:
+        req.headers[p.name] = _value(p, token_type, mark)
+
+
+def carried(req: http.Request, p: Presentation) -> bool:
+    """Does the client's request already carry a credential where `p` would put the token?
+    (A route's `existing_authorization` then says keep, reject or replace.)"""
+    if p.kind == "query":
+        return p.name in req.query
+    return p.name in req.headers
+
+
+def strip(req: http.Request, p: Presentation) -> None:
+    """Take whatever carried a token out of `req` (a copy about to be sent again gets the
+    current token put back in; if it cannot, it must not carry the old one)."""
+    req.headers.pop("dpop", None)
+    req.headers.pop("authorization", None)
+    if p.kind == "query":
+        req.query.pop(p.name, None)
+    else:
+        req.headers.pop(p.name, None)

@@ -301,6 +301,11 @@ class AuthProxy:
             flow.response = await self._send_copy(flow, route, Resend("replay", flow.id, 1))
             return
         attempt = resend.attempt if resend is not None else 1
+        # The client's password for us is not for the API.
+        req.headers.pop("proxy-authorization", None)
+        # Any switch but WebSocket (h2c, raw TCP) would carry the API's bytes past every scrub.
+        if req.headers.get("upgrade", "").strip().lower() not in ("", "websocket"):
+            _drop_upgrade(req)
         present.apply(req, route.present, token)
         proof = resource_proof(
             cache.grant, token.token_type, token.access_token, req.method, req.url,
@@ -492,6 +497,13 @@ class AuthProxy:
             flow.response = replies.unscannable_response(inj.route)
             flow.metadata.setdefault(META, {})["error"] = "unscannable_response"
             return
+        if resp.status_code == 101 and flow.websocket is None:
+            logger.warning("%s %s: the API switched to a protocol other than WebSocket; "
+                           "refused, since its bytes could not be checked for an echoed token",
+                           flow.request.method, flow.request.host)  # fmt: skip
+            flow.response = replies.unscannable_response(inj.route)
+            flow.metadata.setdefault(META, {})["error"] = "unscannable_response"
+            return
         if inj.dpop and await self._dpop_nonce_retry(flow, inj, resp):
             return
         retry, refresh, why = self._retry_plan(inj, resp)
@@ -634,6 +646,17 @@ class _Withhold:
     def __call__(self, chunk: bytes) -> bytes:
         out, self._body = self._body or b"", None
         return out
+
+
+def _drop_upgrade(req: http.Request) -> None:
+    del req.headers["upgrade"]
+    tokens = [t for t in req.headers.get("connection", "").split(",") if t.strip()]
+    kept = [t.strip() for t in tokens if t.strip().lower() not in ("upgrade", "http2-settings")]
+    req.headers.pop("http2-settings", None)
+    if kept:
+        req.headers["connection"] = ", ".join(kept)
+    else:
+        req.headers.pop("connection", None)
 
 
 def _forget_proxy_password(flow: http.HTTPFlow) -> None:

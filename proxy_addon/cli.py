@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config and print the route table")
     check.set_defaults(func=_cmd_check)
 
+    reload = sub.add_parser(
+        "reload", help="make the running proxy re-read its config and store key (SIGHUP)"
+    )
+    reload.set_defaults(func=_cmd_reload)
+
     demo = sub.add_parser(
         "demo", help="run a local OAuth server, a local API and the proxy, and call through it"
     )
@@ -141,6 +146,45 @@ def _cmd_check(args: argparse.Namespace) -> int:
         extra = "" if r.existing_authorization == "replace" else f" ({r.existing_authorization}"
         extra += " client Authorization)" if extra else ""
         print(f"  {r.index}: {r.describe():<50} -> {r.credential}{extra}")
+    return 0
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from .ownproxy import NotOurProxy, proxy_status
+    from .wrap import client_host
+
+    path, config = _load(args)
+    host, port = client_host(config.listen_host), config.listen_port
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        status = proxy_status(host, port, config.proxy_auth, timeout=5.0)
+    except NotOurProxy as e:
+        print(f"authproxy: not reloading {where}: it is not your authproxy ({e})", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"authproxy: no proxy answers at {where} ({e.strerror or e}): nothing to reload "
+              "(start it with `authproxy run`)", file=sys.stderr)  # fmt: skip
+        return 1
+    proxy = status.get("proxy") if isinstance(status.get("proxy"), dict) else {}
+    pid = proxy.get("pid") if isinstance(proxy, dict) else None
+    if not isinstance(pid, int) or pid <= 0:
+        print(f"authproxy: the proxy at {where} is too old to be reloaded; restart it instead",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    running = proxy.get("config")
+    if running and Path(str(running)).resolve() != path.resolve():
+        print(f"authproxy: note: the proxy at {where} runs with {running}, which it re-reads",
+              file=sys.stderr)  # fmt: skip
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        print(f"authproxy: cannot signal the proxy (pid {pid}): {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"asked the proxy at {where} (pid {pid}) to reload {running or path}; its log says "
+          "whether the new config was taken")  # fmt: skip
     return 0
 
 

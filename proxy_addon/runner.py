@@ -22,6 +22,7 @@ from . import compat
 from .addon import AuthProxy
 from .config import Config
 from .localguard import LocalGuard
+from .reload import Reloader
 from .shutdown import DEFAULT_GRACE, GracefulStop, InFlight
 from .wrap import ONE_TIME_AUTH_ENV
 
@@ -93,6 +94,8 @@ async def _serve(ro: RunOptions) -> int:
     stop = GracefulStop(m, inflight, ro.grace)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.signal, sig)
+    # SIGHUP: re-read the config and the store key (reload.py), never stop.
+    loop.add_signal_handler(signal.SIGHUP, Reloader(authproxy, ro.config_path).signal)
     logging.getLogger("authproxy").info("authproxy %s:%d (config %s)", host, port, ro.config_path)
     await m.run()
     await stop.finish()

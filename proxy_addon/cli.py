@@ -237,9 +237,11 @@ def _cmd_rotate_key(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         else:
-            print(f"added a new key to {add_key(key_file, db_path=config.store.path)}")
+            print(add_key(key_file, db_path=config.store.path))
         n = store.reseal(Sealer(load_keys(key_file, db_path=config.store.path)))
     finally:
         store.close()
-    print(f"re-encrypted {n} credential(s) in {where} under the newest key")
+    print(f"re-encrypted {n} credential(s) in {where} under the new key")
+    print("running proxies read the new key when they next open a stored token; the old key "
+          "stays in the key file until you remove it")  # fmt: skip
     return 0

@@ -130,7 +130,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from .config_lint import config_warnings
+
     path, config = _load(args)
+    _check_like_run(config)  # raises what `run` would refuse at start
+    for warning in config_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{path}: OK")
     print(f"listen: {config.listen_host}:{config.listen_port}")
     _print_store(config)
@@ -186,6 +191,28 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     print(f"asked the proxy at {where} (pid {pid}) to reload {running or path}; its log says "
           "whether the new config was taken")  # fmt: skip
     return 0
+
+
+def _check_like_run(config: Config) -> None:
+    """What `run` checks beyond the file itself, without creating or changing anything: the
+    CA bundle it builds, and the token store with its key (the rows must decrypt)."""
+    from .runtime import check_rows, open_store, trust_bundle
+    from .store import MissingStoreError
+    from .store.paths import default_db_path
+
+    trust_bundle(config.ca_certs, config.source)
+    if not config.credentials:
+        return
+    if config.store.backend == "sqlite" and not (config.store.path or default_db_path()).exists():
+        return  # the first `run` creates the store and its key
+    try:
+        store = open_store(config.store, create=False)
+    except MissingStoreError:
+        return
+    try:
+        check_rows(config, store)
+    finally:
+        store.close()
 
 
 def _print_store(config: Config) -> None:

@@ -96,6 +96,10 @@ async def _serve(ro: RunOptions) -> int:
         loop.add_signal_handler(sig, stop.signal, sig)
     # SIGHUP: re-read the config and the store key (reload.py), never stop.
     loop.add_signal_handler(signal.SIGHUP, Reloader(authproxy, ro.config_path).signal)
+    from .config_lint import config_warnings
+
+    for warning in config_warnings(ro.config):  # what `check` says, in the log too
+        logging.getLogger("authproxy").warning("config: %s", warning)
     logging.getLogger("authproxy").info("authproxy %s:%d (config %s)", host, port, ro.config_path)
     await m.run()
     await stop.finish()

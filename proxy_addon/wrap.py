@@ -6,10 +6,16 @@ git, Python requests/httpie, Node, the AWS SDKs). `exec` runs one command with t
 through the configured proxy if it is listening, else through a temporary proxy of its own that
 it stops afterwards.
 
-The files the environment points at are written next to mitmproxy's CA in its confdir:
-`authproxy-ca-bundle.pem`, `authproxy-extra-ca.pem` (the proxy CA and the private CAs, for
-NODE_EXTRA_CA_CERTS), `authproxy-wgetrc` (wget 1.21 ignores SSL_CERT_FILE) and
-`authproxy-node-proxy.cjs` (Node before 22.21 ignores HTTP(S)_PROXY; see `NODE_PRELOAD`).
+The files the environment points at are written under authproxy's XDG state directory
+(`~/.local/state/authproxy/clients/<tag>/`, one directory per proxy CA and set of the user's
+own CA files): `authproxy-ca-bundle.pem`, `authproxy-extra-ca.pem` (the proxy CA and the private
+CAs, for NODE_EXTRA_CA_CERTS), `authproxy-wgetrc` (wget 1.21 ignores SSL_CERT_FILE),
+`authproxy-node-proxy.cjs` (Node before 22.21 ignores HTTP(S)_PROXY; see `NODE_PRELOAD`) and
+`authproxy-truststore.p12` (JVM tools, through JAVA_TOOL_OPTIONS).
+
+The user's own settings are extended, not replaced: CA files already named by the bundle
+variables stay trusted (they join the bundle), and NO_PROXY keeps the user's entries, except
+those that would send a routed host around the proxy.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
+import ipaddress
 import os
 import re
 import secrets
@@ -28,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -37,6 +46,7 @@ from urllib.parse import quote
 
 from .config import Config, load_config
 from .ownproxy import NotOurProxy, proxy_status
+from .store.paths import ensure_private_dir
 
 __all__ = [
     "ONE_TIME_AUTH_ENV", "SHELLS", "WrapError", "environment", "hidden_variables", "prepare_files",
@@ -50,6 +60,9 @@ BUNDLE = "authproxy-ca-bundle.pem"
 EXTRA_CA = "authproxy-extra-ca.pem"
 WGETRC = "authproxy-wgetrc"
 NODE_PRELOAD = "authproxy-node-proxy.cjs"
+TRUSTSTORE = "authproxy-truststore.p12"
+# Not a secret: a truststore holds public certificates; Java only insists on a password.
+TRUSTSTORE_PASSWORD = "changeit"
 # The variables that hold the CA bundle: OpenSSL (Python's ssl, Ruby, ...), requests and httpie,
 # curl, git, the AWS CLI and SDKs.
 BUNDLE_VARIABLES = (
@@ -79,13 +92,40 @@ class WrapError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Files:
-    """What the environment points at, all in mitmproxy's confdir."""
+    """What the environment points at, all in one directory of authproxy's state dir."""
 
     proxy_ca: Path
     bundle: Path
     extra_ca: Path
     wgetrc: Path
     node_preload: Path
+    truststore: Path | None = None  # None: this Python cannot write a Java truststore
+
+
+def user_ca_files(current: Mapping[str, str], variables: Sequence[str]) -> list[Path]:
+    """The CA files the user's own environment names, ours left out (a shell where
+    `authproxy env` ran already), each once, in the order of `variables`."""
+    out: list[Path] = []
+    for name in variables:
+        value = current.get(name, "")
+        if not value:
+            continue
+        path = Path(value)
+        if path.name in (BUNDLE, EXTRA_CA) or not path.is_file() or path in out:
+            continue
+        out.append(path)
+    return out
+
+
+def files_dir(config: Config, user_cas: Sequence[Path], env: Mapping[str, str]) -> Path:
+    """authproxy's state dir, a directory per proxy CA and set of the user's CA files (two
+    shells with different CA settings never rewrite each other's bundle)."""
+    from .store.paths import default_db_path
+
+    confdir = mitmproxy_confdir(config).resolve()
+    key = "\n".join([str(confdir), *(str(p.resolve()) for p in user_cas)])
+    tag = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return default_db_path(env).parent / "clients" / tag
 
 
 def mitmproxy_confdir(config: Config) -> Path:
@@ -111,8 +151,9 @@ def proxy_url(config: Config, host: str, port: int, auth: str | None = None) -> 
     return f"http://{netloc}"
 
 
-def prepare_files(config: Config) -> Files:
-    """Write (or refresh) the bundle, wgetrc and Node preload; needs the proxy's CA."""
+def prepare_files(config: Config, current: Mapping[str, str] = os.environ) -> Files:
+    """Write (or refresh) the bundle, wgetrc, Node preload and Java truststore; needs the
+    proxy's CA. `current` is the user's environment: the CA files it names stay trusted."""
     confdir = mitmproxy_confdir(config)
     proxy_ca = confdir / MITMPROXY_CA
     if not proxy_ca.is_file():
@@ -120,20 +161,36 @@ def prepare_files(config: Config) -> Files:
             f"no proxy CA at {proxy_ca}: mitmproxy creates it when the proxy first starts; "
             "run `authproxy run` once (or use `authproxy exec`)"
         )
+    user_cas = user_ca_files(current, (*BUNDLE_VARIABLES, "NODE_EXTRA_CA_CERTS"))
+    user_extra = user_ca_files(current, ("NODE_EXTRA_CA_CERTS",))
+    where = files_dir(config, user_cas, current)
+    try:
+        ensure_private_dir(where)
+    except OSError as e:
+        raise WrapError(f"cannot create {where}: {e.strerror}") from None
     files = Files(
-        proxy_ca, confdir / BUNDLE, confdir / EXTRA_CA, confdir / WGETRC, confdir / NODE_PRELOAD
-    )
+        proxy_ca, where / BUNDLE, where / EXTRA_CA, where / WGETRC, where / NODE_PRELOAD,
+        where / TRUSTSTORE if _java_truststore_supported() else None,
+    )  # fmt: skip
     own_ca = proxy_ca.read_bytes()
     private = [(str(p), p.read_bytes()) for p in config.ca_certs]
     system = _system_cafile(confdir)
     parts = [(f"system CAs ({system})", system.read_bytes())] if system else []
+    parts += [(f"your CA file {p}", _read(p)) for p in user_cas]
     parts += [(f"private CA {name} (ca_certs)", data) for name, data in private]
     parts.append((f"the proxy's CA ({proxy_ca})", own_ca))
-    _write_if_changed(files.bundle, _pem_bundle(parts))
+    bundle = _pem_bundle(parts)
+    _write_if_changed(files.bundle, bundle)
     _write_if_changed(
         files.extra_ca,
-        _pem_bundle([(f"the proxy's CA ({proxy_ca})", own_ca)] + [(n, d) for n, d in private]),
+        _pem_bundle(
+            [(f"the proxy's CA ({proxy_ca})", own_ca)]
+            + [(n, d) for n, d in private]
+            + [(f"your CA file {p}", _read(p)) for p in user_extra]
+        ),
     )
+    if files.truststore is not None:
+        _write_truststore(files.truststore, bundle)
     if "\n" in str(files.bundle):
         raise WrapError(f"{files.bundle}: wget cannot read a path with a line break")
     wgetrc = (
@@ -156,16 +213,17 @@ def environment(
     current: Mapping[str, str] = os.environ,
     auth: str | None = None,
 ) -> dict[str, str]:
-    """The variables to set, in a stable order. `current` supplies NODE_OPTIONS to extend;
-    `auth` replaces the config's proxy_auth in the proxy URL."""
+    """The variables to set, in a stable order. `current` supplies NO_PROXY, NODE_OPTIONS and
+    JAVA_TOOL_OPTIONS to extend; `auth` replaces the config's proxy_auth in the proxy URL."""
     url = proxy_url(config, host, port, auth)
+    bypass = no_proxy_entries(config, current)
     env = {
         "HTTP_PROXY": url,
         "HTTPS_PROXY": url,
         "http_proxy": url,
         "https_proxy": url,
-        "NO_PROXY": NO_PROXY,
-        "no_proxy": NO_PROXY,
+        "NO_PROXY": ",".join(bypass),
+        "no_proxy": ",".join(bypass),
     }
     env.update(dict.fromkeys(BUNDLE_VARIABLES, str(files.bundle)))
     env["NODE_EXTRA_CA_CERTS"] = str(files.extra_ca)
@@ -173,7 +231,113 @@ def environment(
     # Node >= 22.21 / 24.5 honours HTTP(S)_PROXY itself under this; older Node gets the preload.
     env["NODE_USE_ENV_PROXY"] = "1"
     env["NODE_OPTIONS"] = _node_options(current.get("NODE_OPTIONS", ""), files.node_preload)
+    if files.truststore is not None:
+        env["JAVA_TOOL_OPTIONS"] = java_options(
+            current.get("JAVA_TOOL_OPTIONS", ""), host, port, bypass, files.truststore
+        )
     return env
+
+
+def no_proxy_entries(config: Config, current: Mapping[str, str]) -> list[str]:
+    """The user's NO_PROXY (and no_proxy) entries and loopback, minus every entry that covers
+    a routed host: a client must never call a routed host around the proxy."""
+    entries: list[str] = []
+    for raw in (current.get("NO_PROXY", ""), current.get("no_proxy", ""), NO_PROXY):
+        for entry in raw.split(","):
+            entry = entry.strip()
+            if entry and entry not in entries:
+                entries.append(entry)
+    return [e for e in entries if not any(covers(e, r.host) for r in config.routes)]
+
+
+def covers(entry: str, route_host: str) -> bool:
+    """Would a client skip the proxy for some host of `route_host` (a route's normalized host
+    or `*.` pattern) because of the NO_PROXY `entry`? Read as curl, Python, Go and Node read
+    it: `*` for all, a name for itself and the names below it, an address, a CIDR range."""
+    entry = entry.strip().lower()
+    if entry == "*":
+        return True
+    wildcard = route_host.startswith("*.")
+    base = route_host.removeprefix("*.")
+    with contextlib.suppress(ValueError):
+        net = ipaddress.ip_network(entry.strip("[]"), strict=False)
+        with contextlib.suppress(ValueError):
+            return ipaddress.ip_address(base) in net
+        return False
+    name = entry.removeprefix("*").removeprefix(".")
+    if name.count(":") == 1:  # host:port
+        name = name.rpartition(":")[0]
+    name = name.rstrip(".")
+    if not name:
+        return False
+    if base == name or base.endswith("." + name):
+        return True
+    return wildcard and name.endswith("." + base)  # a name below a routed wildcard
+
+
+def java_options(existing: str, host: str, port: int, bypass: Sequence[str], store: Path) -> str:
+    """JAVA_TOOL_OPTIONS: the proxy and the truststore as system properties, ahead of the
+    user's own options (a later -D wins, so the user's still can override ours)."""
+    hosts = "|".join(
+        ("*" + e if e.startswith(".") else e).replace("[", "").replace("]", "") for e in bypass
+    )
+    props = {
+        "http.proxyHost": host, "http.proxyPort": str(port),
+        "https.proxyHost": host, "https.proxyPort": str(port),
+        # Set even when empty: Java's own default leaves out localhost, where routes may be.
+        "http.nonProxyHosts": hosts,
+        "javax.net.ssl.trustStore": str(store),
+        "javax.net.ssl.trustStoreType": "PKCS12",
+        "javax.net.ssl.trustStorePassword": TRUSTSTORE_PASSWORD,
+    }  # fmt: skip
+    ours = " ".join(_java_quote(f"-D{k}={v}") for k, v in props.items())
+    if ours in existing:
+        return existing
+    return f"{ours} {existing}".strip()
+
+
+def _java_quote(option: str) -> str:
+    # The JVM splits JAVA_TOOL_OPTIONS on white space, and takes '...' or "..." as one.
+    return f'"{option}"' if re.search(r"\s|'", option) else option
+
+
+def _java_truststore_supported() -> bool:
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    return hasattr(pkcs12, "serialize_java_truststore")  # cryptography >= 45
+
+
+def _write_truststore(path: Path, bundle: bytes) -> None:
+    """A PKCS12 truststore of the bundle's certificates, rewritten only when they change."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, pkcs12
+
+    digest = hashlib.sha256(bundle).hexdigest()
+    marker = path.with_name(path.name + ".sha256")
+    with contextlib.suppress(OSError):
+        if path.is_file() and marker.read_text() == digest:
+            return
+    certs = []
+    for i, match in enumerate(_PEM_CERT.finditer(bundle)):
+        try:
+            with warnings.catch_warnings():  # a system CA with an odd serial: not our news
+                warnings.simplefilter("ignore")
+                cert = x509.load_pem_x509_certificate(match.group(0))
+        except ValueError:
+            continue  # one odd certificate must not cost the others
+        certs.append(pkcs12.PKCS12Certificate(cert, f"authproxy-{i}".encode()))
+    data = pkcs12.serialize_java_truststore(
+        certs, BestAvailableEncryption(TRUSTSTORE_PASSWORD.encode())
+    )
+    _write_if_changed(path, data)
+    _write_if_changed(marker, digest.encode())
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise WrapError(f"cannot read the CA file {path}: {e.strerror}") from None
 
 
 def render(env: Mapping[str, str], shell: str) -> str:

@@ -3,12 +3,12 @@ credentials nothing uses, IdP URLs in clear text. Pure: plain data in, sentences
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from .config import Config
 from .routes import Route, path_matches
 
-__all__ = ["config_warnings", "shadowed_routes", "unused_credentials"]
+__all__ = ["bypass_warnings", "config_warnings", "shadowed_routes", "unused_credentials"]
 
 _URL_KEYS = ("token_url", "issuer", "authorization_url", "device_authorization_url",
              "revocation_url")  # fmt: skip
@@ -68,4 +68,30 @@ def _covering_patterns(host: str) -> list[str]:
         return out  # an IP address: no wildcard covers it
     for i in range(1, len(labels)):
         out.append("*." + ".".join(labels[i:]))
+    return out
+
+
+def bypass_warnings(config: Config, env: Mapping[str, str]) -> list[str]:
+    """Routes that a client would call around the proxy, without a token: because of this
+    environment's NO_PROXY, or (loopback hosts) because some clients never proxy them."""
+    from .config import is_loopback
+    from .wrap import covers
+
+    out = []
+    for name in ("NO_PROXY", "no_proxy"):
+        for entry in filter(None, (e.strip() for e in env.get(name, "").split(","))):
+            for route in config.routes:
+                if covers(entry, route.host):
+                    out.append(
+                        f"routes[{route.index}] ({route.describe()}): your {name} entry "
+                        f"{entry!r} makes clients call it directly, without a token "
+                        "(`authproxy env` and `exec` leave that entry out)"
+                    )
+    for route in config.routes:
+        if is_loopback(route.host):
+            out.append(
+                f"routes[{route.index}] ({route.describe()}): some clients never use a proxy "
+                "for loopback hosts (Go programs, Java unless http.nonProxyHosts is set as "
+                "`authproxy env` sets it); give the API a non-loopback name if one of yours does"
+            )
     return out

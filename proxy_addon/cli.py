@@ -90,9 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args: argparse.Namespace) -> tuple[Path, Config]:
+def _load(args: argparse.Namespace, *, need_secrets: bool = True) -> tuple[Path, Config]:
+    """The config of --config (else the default); see load_config for `need_secrets`."""
     path = config_path(args.config)
-    return path, load_config(path)
+    return path, load_config(path, need_secrets=need_secrets)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -213,7 +213,12 @@ def config_path(cli_value: str | None, env: Mapping[str, str] = os.environ) -> P
     return Path(base) / "authproxy" / "config.yaml"
 
 
-def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
+def load_config(
+    path: Path, env: Mapping[str, str] = os.environ, *, need_secrets: bool = True
+) -> Config:
+    """The config at `path`. `need_secrets=False` (commands that only talk to a running proxy
+    or the store: env, exec, tokens, logout): a credential's secret whose variable or file is
+    missing is left unavailable (see `unavailable`) instead of an error."""
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -230,7 +235,7 @@ def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(source, "", f"not valid YAML: {where}{problem}") from None
-    return parse_config(data, source, env, base_dir=path.parent)
+    return parse_config(data, source, env, base_dir=path.parent, need_secrets=need_secrets)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -343,12 +348,15 @@ def _all_missing(
 class _Reader:
     """Typed access to one mapping of the file, with key paths for error messages."""
 
-    def __init__(self, data: Any, source: str, path: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, data: Any, source: str, path: str, env: Mapping[str, str], *, lenient: bool = False
+    ) -> None:
         if not isinstance(data, dict):
             raise ConfigError(
                 source, path or "(top level)", f"expected a mapping, got {_kind(data)}"
             )
         self.data, self.source, self.path, self.env = data, source, path, env
+        self.lenient = lenient  # a missing secret is left unavailable (need_secrets=False)
         self._seen: set[str] = set()
 
     def key(self, name: str) -> str:
@@ -361,6 +369,12 @@ class _Reader:
         self._seen.add(name)
         value = self.data.get(name)
         if isinstance(value, str) and not isinstance(value, _Literal):
+            if (
+                self.lenient
+                and name in _SECRET_KEYS
+                and env_problems(value, self.env, self.source, self.key(name))
+            ):
+                return Unavailable(f"<{name} not available>")
             return expand_env(value, self.env, self.source, self.key(name))
         return value
 
@@ -378,7 +392,7 @@ class _Reader:
             return default
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise self.error(name, f"expected a string, got {_kind(value)}")
-        text = str(value)
+        text = value if isinstance(value, str) else str(value)  # keeps Unavailable
         if required and not text:
             raise self.error(name, "must not be empty")
         return text
@@ -436,14 +450,19 @@ class _Reader:
 
     def with_defaults(self, defaults: Mapping[str, Any]) -> _Reader:
         """This mapping over a preset's values; keys the preset brings are never 'unknown'."""
-        merged = _Reader({**defaults, **self.data}, self.source, self.path, self.env)
+        merged = _Reader(
+            {**defaults, **self.data}, self.source, self.path, self.env, lenient=self.lenient
+        )
         merged._seen |= self._seen | (set(defaults) - set(self.data))
         return merged
 
     def section(self, name: str) -> _Reader:
         self._seen.add(name)
         value = self.data.get(name)
-        return _Reader({} if value is None else value, self.source, self.key(name), self.env)
+        return _Reader(
+            {} if value is None else value, self.source, self.key(name), self.env,
+            lenient=self.lenient,
+        )  # fmt: skip
 
     def string_map(self, name: str) -> dict[str, str]:
         sub = self.section(name)
@@ -460,6 +479,22 @@ class _Literal(str):
     """A value read from a secret file: taken as it is, never expanded."""
 
     __slots__ = ()
+
+
+class Unavailable(_Literal):
+    """A secret that a command loading with need_secrets=False could not read; never sent."""
+
+    __slots__ = ()
+
+
+def unavailable(value: object) -> bool:
+    """Is this config value a secret left unread (load_config's need_secrets=False)?"""
+    return isinstance(value, Unavailable)
+
+
+def _is_secret_key(key: str) -> bool:
+    last = key.rpartition(".")[2]
+    return last in _SECRET_KEYS or last.removesuffix("_file") in _SECRET_KEYS
 
 
 # Keys of a credential whose value is a secret; each may instead be read from a file,
@@ -484,10 +519,15 @@ def _secrets_from_files(
         file_key = f"{key}_file"
         if r.data.get(key) is not None:
             raise r.error(file_key, f"give either {key} or {file_key}, not both")
-        path = resolve(r.str(file_key, required=True) or "")
-        data[key] = _Literal(read_secret_file(path, r.source, r.key(file_key)))
+        try:
+            path = resolve(r.str(file_key, required=True) or "")
+            data[key] = _Literal(read_secret_file(path, r.source, r.key(file_key)))
+        except ConfigError:
+            if not (r.lenient and key in _SECRET_KEYS):
+                raise
+            data[key] = Unavailable(f"<{key} not available>")
         del data[file_key]
-    out = _Reader(data, r.source, r.path, r.env)
+    out = _Reader(data, r.source, r.path, r.env, lenient=r.lenient)
     out._seen |= r._seen
     return out
 
@@ -543,13 +583,21 @@ def _suggest(name: str, reader: _Reader) -> str:
 
 
 def parse_config(
-    data: Any, source: str, env: Mapping[str, str] = os.environ, base_dir: Path | None = None
+    data: Any,
+    source: str,
+    env: Mapping[str, str] = os.environ,
+    base_dir: Path | None = None,
+    *,
+    need_secrets: bool = True,
 ) -> Config:
     if data is None:
         data = {}
-    if missing := _all_missing(data, env, source):
+    missing = _all_missing(data, env, source)
+    if not need_secrets:
+        missing = [v for v in missing if not _is_secret_key(v.key)]
+    if missing:
         raise _missing_error(source, missing)
-    top = _Reader(data, source, "", env)
+    top = _Reader(data, source, "", env, lenient=not need_secrets)
     resolve = _path_resolver(base_dir)
     top = _secrets_from_files(top, frozenset({"proxy_auth"}), resolve)
 

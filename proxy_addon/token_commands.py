@@ -12,13 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .cache import CredentialCache
-from .config import Config, ConfigError, CredentialConfig
+from .config import Config, ConfigError, CredentialConfig, unavailable
 from .status import CredentialView
 from .store import StoreError, TokenStore
 
 __all__ = ["register"]
 
-Loader = Callable[[argparse.Namespace], tuple[Path, Config]]
+Loader = Callable[..., tuple[Path, Config]]  # (args, *, need_secrets=True)
 
 
 def register(sub: argparse._SubParsersAction, load: Loader) -> None:  # type: ignore[type-arg]
@@ -56,16 +56,19 @@ def _credential(config: Config, name: str) -> CredentialConfig:
 
 
 @contextmanager
-def _opened(args: argparse.Namespace) -> Iterator[CredentialCache]:
-    """The named credential's cache (its grant, its store), closed afterwards."""
+def _opened(
+    args: argparse.Namespace, *, need_secrets: bool = True
+) -> Iterator[tuple[CredentialCache, CredentialConfig]]:
+    """The named credential's cache (its grant, its store), closed afterwards, and its config.
+    Only the commands that talk to the IdP need the config's secrets."""
     from .runtime import Runtime
 
-    _, config = args.load(args)
-    _credential(config, args.name)
+    _, config = args.load(args, need_secrets=need_secrets)
+    cred = _credential(config, args.name)
     # No up-front decryption check: logout must work on a row the key can no longer read.
     runtime = Runtime.build(config, check_store=False)
     try:
-        yield runtime.caches[args.name]
+        yield runtime.caches[args.name], cred
     finally:
         runtime.close()
 
@@ -73,7 +76,7 @@ def _opened(args: argparse.Namespace) -> Iterator[CredentialCache]:
 def _cmd_login(args: argparse.Namespace) -> int:
     from .login import LoginError, login
 
-    with _opened(args) as cache:
+    with _opened(args) as (cache, _):
         if cache.store is None:
             print(f"{args.name}: a static token needs no sign-in")
             return 0
@@ -95,7 +98,7 @@ def _cmd_login(args: argparse.Namespace) -> int:
 def _cmd_logout(args: argparse.Namespace) -> int:
     from .login import revoke
 
-    with _opened(args) as cache:
+    with _opened(args, need_secrets=False) as (cache, cred):
         if cache.store is None:
             print(f"{args.name}: a static token is in the config, not in the store")
             return 0
@@ -115,7 +118,13 @@ def _cmd_logout(args: argparse.Namespace) -> int:
             if not legacy:
                 print(f"{args.name}: no stored tokens")
             return 0
-        note = revoke(cache.grant, record.token)
+        if missing := [k for k in ("client_secret", "password") if unavailable(cred.value(k))]:
+            note = (
+                f"not revoked at the provider (its {missing[0]} is not available here: the "
+                "config's variable or file for it is missing)"
+            )
+        else:
+            note = revoke(cache.grant, record.token)
         cache.store.delete(key)
     print(f"{args.name}: stored tokens deleted; {note}")
     return 0
@@ -126,7 +135,7 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
 
     from .cache import TokenUnavailable
 
-    with _opened(args) as cache:
+    with _opened(args) as (cache, _):
         try:
             token = asyncio.run(cache.force_refresh())
         except TokenUnavailable as e:
@@ -142,7 +151,7 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     from .runtime import open_store
     from .store import MissingStoreError
 
-    _, config = args.load(args)
+    _, config = args.load(args, need_secrets=False)
     try:
         store = open_store(config.store, create=False)
     except MissingStoreError:

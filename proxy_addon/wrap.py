@@ -439,7 +439,7 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 # --- the commands -------------------------------------------------------------------------------
 
 
-Loader = Callable[[argparse.Namespace], tuple[Path, Config]]
+Loader = Callable[..., tuple[Path, Config]]  # (args, *, need_secrets=True)
 
 
 def register(sub: argparse._SubParsersAction, load: Loader) -> None:  # type: ignore[type-arg]
@@ -467,7 +467,7 @@ def register(sub: argparse._SubParsersAction, load: Loader) -> None:  # type: ig
 
 
 def _cmd_env(args: argparse.Namespace, load: Loader) -> int:
-    _, config = load(args)
+    _, config = load(args, need_secrets=False)  # it only talks to the proxy
     try:
         files = prepare_files(config)
     except WrapError as e:
@@ -496,7 +496,8 @@ def _cmd_exec(args: argparse.Namespace, load: Loader) -> int:
     if not command:
         print("authproxy exec: a command to run is required", file=sys.stderr)
         return 2
-    path, config = load(args)
+    # A temporary proxy reads the config (and needs its secrets) itself.
+    path, config = load(args, need_secrets=False)
     try:
         with _Signals() as signals:
             return _exec(path, config, command, signals)
@@ -577,7 +578,7 @@ def hidden_variables(path: Path, env: Mapping[str, str] = os.environ) -> set[str
     """What `exec` keeps from the command: AUTHPROXY_KEY and each variable the config
     interpolates (${VAR}: client secrets, refresh tokens), but for plain paths like HOME."""
     recording = _Recording(env)
-    load_config(path, recording)
+    load_config(path, recording, need_secrets=False)
     used = {n for n in recording.read if n not in _NOT_SECRET and not n.startswith("XDG_")}
     return {"AUTHPROXY_KEY", ONE_TIME_AUTH_ENV} | used
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import init_command, token_commands, wrap
+from . import hints, init_command, token_commands, wrap
 from .config import Config, ConfigError, config_path, load_config
 from .store import StoreError
 
@@ -20,6 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # SIGTERM ends a command as Ctrl-C does: its `finally` blocks run (the store is closed, a
+    # temporary proxy stopped), without a traceback. `run` installs its own handlers.
+    signal.signal(signal.SIGTERM, _terminate)
+    hints.use_config(args.config)  # advice such as `authproxy login NAME` names it too
     try:
         return int(args.func(args) or 0)
     except (ConfigError, StoreError) as e:
@@ -27,22 +34,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`authproxy check | head`): stop quietly. Python would still try
+    to flush stdout at exit and print a traceback about that; point stdout at /dev/null."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(
         prog="authproxy",
         description="A forward proxy that adds OAuth 2 Bearer tokens to outgoing API calls.",
     )
-    p.add_argument(
-        "--config",
-        help="configuration file (default: $AUTHPROXY_CONFIG, else "
-        "~/.config/authproxy/config.yaml)",
-    )
+    p.add_argument("--config", help=_CONFIG_HELP)
+    p.add_argument("--version", action="version", version=f"authproxy {__version__}")
     sub = p.add_subparsers(metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the proxy")
-    run.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+    run.add_argument(
+        "--listen", metavar="[HOST:]PORT",
+        help="override the config's listen address (a port alone: 127.0.0.1)",
+    )  # fmt: skip
     run.add_argument("-w", "--save-flows", metavar="FILE", help="save flows (redacted) to FILE")
     run.add_argument("-q", "--quiet", action="store_true", help="do not print each request")
     run.add_argument(
@@ -87,7 +111,61 @@ def _parser() -> argparse.ArgumentParser:
         "rotate-key", help="re-encrypt the token store under a new key (old key kept readable)"
     )
     rotate.set_defaults(func=_cmd_rotate_key)
+
+    completion = sub.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))
+    completion.set_defaults(func=lambda args: _cmd_completion(p, args))
+
+    # --config after the subcommand too (`authproxy check --config FILE`); SUPPRESS keeps a
+    # --config given before it.
+    for name, parser in sub.choices.items():
+        if "--config" not in parser._option_string_actions:
+            parser.add_argument("--config", default=argparse.SUPPRESS, help=_CONFIG_HELP)
+        if not parser.description:
+            parser.description = _help_of(sub, name)
     return p
+
+
+_CONFIG_HELP = (
+    "configuration file (default: $AUTHPROXY_CONFIG, else ~/.config/authproxy/config.yaml); "
+    "before or after the command"
+)
+
+
+def _help_of(sub: argparse._SubParsersAction, name: str) -> str | None:  # type: ignore[type-arg]
+    for action in sub._choices_actions:
+        if action.dest == name and action.help:
+            return action.help[0].upper() + action.help[1:] + "."
+    return None
+
+
+def _cmd_completion(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .completion import script
+
+    sys.stdout.write(script(parser, args.shell))
+    return 0
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """--listen: HOST:PORT, [IPv6]:PORT, or a PORT alone (loopback)."""
+    if value.isdigit():
+        host, port = "127.0.0.1", value
+    else:
+        host, _, port = value.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ConfigError(
+                "--listen", "", f"write an IPv6 address in brackets, e.g. [::1]:8080, not {value!r}"
+            )
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("--listen", "", f"expected [HOST:]PORT, got {value!r}")
+    return host, int(port)
+
+
+def host_port(host: str, port: int) -> str:
+    """host:port as a person writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _load(args: argparse.Namespace, *, need_secrets: bool = True) -> tuple[Path, Config]:
@@ -101,12 +179,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunOptions, StartupError, run
 
     path, config = _load(args)
-    listen = None
-    if args.listen:
-        host, _, port = args.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError("--listen", "", f"expected HOST:PORT, got {args.listen!r}")
-        listen = (host.strip("[]"), int(port))
+    listen = parse_listen(args.listen) if args.listen else None
     # Before anything opens or creates the token store: a start that cannot listen changes nothing.
     if problem := listen_problem(*effective_listen(listen, config, args.sets)):
         print(f"authproxy: {problem}", file=sys.stderr)
@@ -140,7 +213,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for warning in config_warnings(config) + bypass_warnings(config, os.environ):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{path}: OK")
-    print(f"listen: {config.listen_host}:{config.listen_port}")
+    print(f"listen: {host_port(config.listen_host, config.listen_port)}")
     _print_store(config)
     print("credentials:")
     for c in config.credentials.values():

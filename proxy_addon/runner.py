@@ -100,7 +100,8 @@ async def _serve(ro: RunOptions) -> int:
 
     for warning in config_warnings(ro.config):  # what `check` says, in the log too
         logging.getLogger("authproxy").warning("config: %s", warning)
-    logging.getLogger("authproxy").info("authproxy %s:%d (config %s)", host, port, ro.config_path)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    logging.getLogger("authproxy").info("authproxy %s (config %s)", where, ro.config_path)
     await m.run()
     await stop.finish()
     return 0

@@ -20,6 +20,9 @@ __all__ = ["register"]
 
 Loader = Callable[..., tuple[Path, Config]]  # (args, *, need_secrets=True)
 
+# `authproxy login` of a credential that has no sign-in (a usage error, as argparse's).
+NO_SIGN_IN = 2
+
 
 def register(sub: argparse._SubParsersAction, load: Loader) -> None:  # type: ignore[type-arg]
     """Add the commands; each finds the config through `args.load(args)`."""
@@ -74,12 +77,21 @@ def _opened(
 
 
 def _cmd_login(args: argparse.Namespace) -> int:
+    from .grants.registry import sign_in_for
     from .login import LoginError, login
 
+    _, config = args.load(args, need_secrets=False)
+    cred = _credential(config, args.name)
+    if sign_in_for(cred.grant) is None:
+        # One answer (and exit code) for every credential without a sign-in: static tokens,
+        # client_credentials, ...
+        print(
+            f"authproxy: {args.name} uses grant {cred.grant}, which needs no sign-in: the "
+            f"proxy gets its tokens by itself (`authproxy refresh {args.name}` gets one now)",
+            file=sys.stderr,
+        )
+        return NO_SIGN_IN
     with _opened(args) as (cache, _):
-        if cache.store is None:
-            print(f"{args.name}: a static token needs no sign-in")
-            return 0
         try:
             token = login(
                 cache.grant, cache.store, no_browser=args.no_browser, timeout=args.timeout,
@@ -150,12 +162,21 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
 
     from .runtime import open_store
     from .store import MissingStoreError
+    from .store.paths import default_db_path
 
     _, config = args.load(args, need_secrets=False)
-    try:
-        store = open_store(config.store, create=False)
-    except MissingStoreError:
-        store = None
+    if not config.credentials:
+        print("no credentials in the config yet: add one (see `authproxy init`)")
+        return 0
+    fresh = config.store.backend == "sqlite" and not (
+        config.store.path or default_db_path()
+    ).exists()
+    store: TokenStore | None = None
+    if not fresh:  # on a fresh machine there is no store, nor a key: nothing to tell about
+        try:
+            store = open_store(config.store, create=False)
+        except MissingStoreError:
+            fresh = True
     now = time.time()
     try:
         views = [_stored_view(c, store, now) for c in config.credentials.values()]
@@ -165,9 +186,16 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     views = [_with_live_state(v, live) for v in views] if (live := _live_status(config)) else views
+    # As `gh auth status`: non-zero when a credential cannot give a token without help.
+    code = 1 if any(v.state in ("failing", "needs login", "damaged") for v in views) else 0
     if args.json:
         print(json.dumps([v.as_dict() for v in views], indent=1))
-        return 0
+        return code
+    if fresh:
+        print(
+            "no tokens stored yet: the proxy fetches them on first use; credentials that "
+            "need a sign-in say so below (`authproxy login NAME`)"
+        )
     columns = "{:<16} {:<19} {:<12} {:>10}  {:<7} {:<19} {}"
     print(
         columns.format("NAME", "GRANT", "STATE", "EXPIRES IN", "REFRESH", "LAST REFRESH", "SCOPES")
@@ -195,7 +223,7 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
                 "  note: a token an older authproxy stored under this name is not used; "
                 f"`authproxy logout {v.name}` removes it"
             )
-    return 0
+    return code
 
 
 def _stored_view(cfg: CredentialConfig, store: TokenStore | None, now: float) -> CredentialView:

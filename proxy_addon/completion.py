@@ -78,7 +78,7 @@ def _bash(parser: argparse.ArgumentParser, prog: str) -> str:
         *) opts={shlex.quote(top)} ;;
     esac
     if [[ $cur == -* || -n $cmd ]]; then
-        COMPREPLY=($(compgen -W "$opts --config --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
     else
         COMPREPLY=($(compgen -W {shlex.quote(" ".join(commands))} -- "$cur"))
     fi
@@ -118,7 +118,7 @@ def _zsh(parser: argparse.ArgumentParser, prog: str) -> str:
         *) opts=({" ".join(o for o, _, _ in _options(parser))}) ;;
     esac
     if [[ ${{words[CURRENT]}} == -* || -n $cmd ]]; then
-        compadd -- $opts --config --help
+        compadd -- $opts
     else
         commands=({described})
         _describe command commands

@@ -535,8 +535,8 @@ class CredentialCache:
             return
         look = asyncio.ensure_future(asyncio.to_thread(self.store.get, self.store_key))
         look.add_done_callback(self._looked)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(look), STORE_LOOK_WAIT)
+        # asyncio.wait never raises: a store outage is the refresh's business, not this look's.
+        await asyncio.wait({look}, timeout=STORE_LOOK_WAIT)
 
     def _looked(self, look: asyncio.Future[Record | None]) -> None:
         if look.cancelled() or look.exception() is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -162,15 +163,19 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
 
     from .runtime import open_store
     from .store import MissingStoreError
-    from .store.paths import default_db_path
+    from .store.keys import ENV_VAR
+    from .store.paths import default_db_path, default_key_file
 
     _, config = args.load(args, need_secrets=False)
     if not config.credentials:
         print("no credentials in the config yet: add one (see `authproxy init`)")
         return 0
-    fresh = config.store.backend == "sqlite" and not (
-        config.store.path or default_db_path()
-    ).exists()
+    fresh = (
+        config.store.backend == "sqlite"
+        and not (config.store.path or default_db_path()).exists()
+        and not os.environ.get(ENV_VAR)
+        and not (config.store.key_file or default_key_file()).exists()
+    )
     store: TokenStore | None = None
     if not fresh:  # on a fresh machine there is no store, nor a key: nothing to tell about
         try:

@@ -234,8 +234,8 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     import os
     import signal
 
+    from .env_render import client_host
     from .ownproxy import NotOurProxy, proxy_status
-    from .wrap import client_host
 
     path, config = _load(args)
     host, port = client_host(config.listen_host), config.listen_port

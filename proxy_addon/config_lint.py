@@ -75,7 +75,7 @@ def bypass_warnings(config: Config, env: Mapping[str, str]) -> list[str]:
     """Routes that a client would call around the proxy, without a token: because of this
     environment's NO_PROXY, or (loopback hosts) because some clients never proxy them."""
     from .config import is_loopback
-    from .wrap import covers
+    from .env_render import covers
 
     out = []
     for name in ("NO_PROXY", "no_proxy"):

@@ -24,7 +24,7 @@ from .config import Config
 from .localguard import LocalGuard
 from .reload import Reloader
 from .shutdown import DEFAULT_GRACE, GracefulStop, InFlight
-from .wrap import ONE_TIME_AUTH_ENV
+from .tempproxy import ONE_TIME_AUTH_ENV
 
 __all__ = ["RunOptions", "StartupError", "run"]
 

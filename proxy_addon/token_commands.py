@@ -259,8 +259,8 @@ def _duration(seconds: float) -> str:
 def _live_status(config: Config) -> dict[str, dict[str, object]]:
     """What a running proxy for this config knows (failures, last errors), if one is running
     and it is this user's (checked before the proxy credentials are sent)."""
+    from .env_render import client_host
     from .ownproxy import NotOurProxy, proxy_status
-    from .wrap import client_host
 
     host = client_host(config.listen_host)
     try:

@@ -100,6 +100,8 @@ async def _serve(ro: RunOptions) -> int:
 
     for warning in config_warnings(ro.config):  # what `check` says, in the log too
         logging.getLogger("authproxy").warning("config: %s", warning)
+    if ro.web and ro.quiet:  # -q hides mitmweb's own line: the URL (with its token) still shows
+        logging.getLogger("authproxy").warning("web UI: %s", m.web_url)  # type: ignore[attr-defined]
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     logging.getLogger("authproxy").info("authproxy %s (config %s)", where, ro.config_path)
     await m.run()

@@ -167,3 +167,17 @@ def test_sigterm_ends_a_waiting_command_quietly(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in err, err
+
+
+def test_the_web_ui_url_with_its_token_shows_even_when_quiet(tmp_path: Path) -> None:
+    from harness import Proxy
+
+    from proxy_addon.demo.run import free_port
+
+    proxy = Proxy(tmp_path, {"store": {"backend": "memory"}})
+    web_port = free_port()
+    try:
+        proxy.start("--web", "-q", "--set", f"web_port={web_port}")
+        assert f"web UI: http://127.0.0.1:{web_port}/?token=" in proxy.output()
+    finally:
+        proxy.stop()

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -122,6 +123,7 @@ class AuthProxy:
         self.on_redacted: Callable[[http.HTTPFlow], None] | None = None
         # Whether the web UI shows a flow already (a replay started from it).
         self.visible: Callable[[http.HTTPFlow], bool] | None = None
+        self._closing: list[threading.Thread] = []  # replaced runtimes, draining (install)
 
     # --- options ----------------------------------------------------------------------------
 
@@ -162,6 +164,12 @@ class AuthProxy:
             except ValueError as e:
                 runtime.close()
                 raise exceptions.OptionsError(f"{path}: {e}") from None
+        self.install(runtime, path)
+
+    def install(self, runtime: Runtime | None, path: str | None) -> None:
+        """Serve with `runtime` from now on (start, option change, reload.py). The old one
+        drains its refreshes in flight and closes in a thread: traffic never waits for it."""
+        if runtime is not None:
             instrument(runtime, self.metrics)
             logger.info(
                 "authproxy: %d credential(s), %d route(s) from %s",
@@ -172,7 +180,9 @@ class AuthProxy:
         old, self.runtime = self.runtime, runtime
         self._cert_routes = cert_routes(runtime.config.routes) if runtime else ()
         if old is not None:
-            old.close()
+            closer = threading.Thread(target=old.close, name="authproxy-close-old-config")
+            closer.start()
+            self._closing = [t for t in self._closing if t.is_alive()] + [closer]
 
     def _open_audit(self) -> None:
         configured = self.runtime.config.audit_log if self.runtime else None
@@ -199,6 +209,8 @@ class AuthProxy:
             self._redact(flow)
         if self.runtime is not None:
             self.runtime.close()
+        for closer in self._closing:  # a config replaced by a reload: let it commit, too
+            closer.join()
         if self.audit is not None:
             self.audit.close()
 

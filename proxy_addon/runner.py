@@ -23,9 +23,10 @@ from . import compat
 from .addon import AuthProxy
 from .config import Config
 from .localguard import LocalGuard
+from .reload import Reloader
 from .shutdown import DEFAULT_GRACE, GracefulStop, InFlight
+from .tempproxy import ONE_TIME_AUTH_ENV
 from .workerstate import WorkerSlot, join_workers
-from .wrap import ONE_TIME_AUTH_ENV
 
 __all__ = ["RunOptions", "StartupError", "run"]
 
@@ -99,7 +100,16 @@ async def _serve(ro: RunOptions) -> int:
     stop = GracefulStop(m, inflight, ro.grace)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.signal, sig)
-    logging.getLogger("authproxy").info("authproxy %s:%d (config %s)", host, port, ro.config_path)
+    # SIGHUP: re-read the config and the store key (reload.py), never stop.
+    loop.add_signal_handler(signal.SIGHUP, Reloader(authproxy, ro.config_path).signal)
+    from .config_lint import config_warnings
+
+    for warning in config_warnings(ro.config):  # what `check` says, in the log too
+        logging.getLogger("authproxy").warning("config: %s", warning)
+    if ro.web and ro.quiet:  # -q hides mitmweb's own line: the URL (with its token) still shows
+        logging.getLogger("authproxy").warning("web UI: %s", m.web_url)  # type: ignore[attr-defined]
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    logging.getLogger("authproxy").info("authproxy %s (config %s)", where, ro.config_path)
     await m.run()
     await stop.finish()
     return 0

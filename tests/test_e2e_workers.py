@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from harness import CLIENT_SECRET, Proxy, cc_credential, route, secrets_in
+from harness import CLIENT_SECRET, Proxy, cc_credential, route, run_cli, secrets_in
 from test_e2e_localguard import NOBODY, as_root, curl_as
 from test_e2e_wrap import api_url, listening
 
@@ -233,8 +233,9 @@ def test_every_worker_refuses_another_user(
     importlib.util.find_spec("proxy_addon.reload") is None,
     reason="reload on SIGHUP inside one proxy (proxy_addon/reload.py) is not merged yet",
 )
-def test_sighup_reloads_every_worker(
-    two_workers: Callable[..., Proxy], api: ApiServer, tmp_path: Path
+@pytest.mark.parametrize("how", ["SIGHUP", "authproxy reload"])
+def test_a_reload_reaches_every_worker(
+    two_workers: Callable[..., Proxy], api: ApiServer, tmp_path: Path, how: str
 ) -> None:
     proxy = two_workers()
     assert call(proxy, api, "/routed") == 200
@@ -245,7 +246,12 @@ def test_sighup_reloads_every_worker(
     proxy.config_path.write_text(yaml.safe_dump(config))
     assert proxy.proc is not None
     pids = workers_of(proxy)
-    proxy.proc.send_signal(signal.SIGHUP)
+    if how == "SIGHUP":
+        proxy.proc.send_signal(signal.SIGHUP)
+    else:  # it signals the pid the status page names: the supervisor's, not one worker's
+        done = run_cli("--config", str(proxy.config_path), "reload")
+        assert done.returncode == 0, done.stderr
+        assert f"(pid {proxy.proc.pid})" in done.stdout
     # Every worker took the new config: a run of new connections (spread by the kernel over
     # both) all carry the new credential.
     wait_for(lambda: [call(proxy, api, "/fixed") for _ in range(12)] == [401] * 12,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -126,6 +127,7 @@ class AuthProxy:
         self.on_redacted: Callable[[http.HTTPFlow], None] | None = None
         # Whether the web UI shows a flow already (a replay started from it).
         self.visible: Callable[[http.HTTPFlow], bool] | None = None
+        self._closing: list[threading.Thread] = []  # replaced runtimes, draining (install)
 
     # --- options ----------------------------------------------------------------------------
 
@@ -160,6 +162,12 @@ class AuthProxy:
             except ValueError as e:
                 runtime.close()
                 raise exceptions.OptionsError(f"{path}: {e}") from None
+        self.install(runtime, path)
+
+    def install(self, runtime: Runtime | None, path: str | None) -> None:
+        """Serve with `runtime` from now on (start, option change, reload.py). The old one
+        drains its refreshes in flight and closes in a thread: traffic never waits for it."""
+        if runtime is not None:
             instrument(runtime, self.metrics)
             logger.info(
                 "authproxy: %d credential(s), %d route(s) from %s",
@@ -170,7 +178,9 @@ class AuthProxy:
         old, self.runtime = self.runtime, runtime
         self._cert_routes = cert_routes(runtime.config.routes) if runtime else ()
         if old is not None:
-            old.close()
+            closer = threading.Thread(target=old.close, name="authproxy-close-old-config")
+            closer.start()
+            self._closing = [t for t in self._closing if t.is_alive()] + [closer]
 
     def _secrets(self) -> list[str]:
         return self.runtime.config.secrets() if self.runtime else []
@@ -185,6 +195,8 @@ class AuthProxy:
             self._redact(flow)
         if self.runtime is not None:
             self.runtime.close()
+        for closer in self._closing:  # a config replaced by a reload: let it commit, too
+            closer.join()
 
     # --- connections ------------------------------------------------------------------------
 
@@ -285,6 +297,11 @@ class AuthProxy:
             flow.response = await self._send_copy(flow, route, Resend("replay", flow.id, 1))
             return
         attempt = resend.attempt if resend is not None else 1
+        # The client's password for us is not for the API.
+        req.headers.pop("proxy-authorization", None)
+        # Any switch but WebSocket (h2c, raw TCP) would carry the API's bytes past every scrub.
+        if req.headers.get("upgrade", "").strip().lower() not in ("", "websocket"):
+            _drop_upgrade(req)
         present.apply(req, route.present, token)
         proof = resource_proof(
             cache.grant, token.token_type, token.access_token, req.method, req.url,
@@ -438,6 +455,13 @@ class AuthProxy:
             flow.response = replies.unscannable_response(inj.route)
             flow.metadata.setdefault(META, {})["error"] = "unscannable_response"
             return
+        if resp.status_code == 101 and flow.websocket is None:
+            logger.warning("%s %s: the API switched to a protocol other than WebSocket; "
+                           "refused, since its bytes could not be checked for an echoed token",
+                           flow.request.method, flow.request.host)  # fmt: skip
+            flow.response = replies.unscannable_response(inj.route)
+            flow.metadata.setdefault(META, {})["error"] = "unscannable_response"
+            return
         if inj.dpop and await self._dpop_nonce_retry(flow, inj, resp):
             return
         retry, refresh, why = self._retry_plan(inj, resp)
@@ -581,6 +605,17 @@ class _Withhold:
     def __call__(self, chunk: bytes) -> bytes:
         out, self._body = self._body or b"", None
         return out
+
+
+def _drop_upgrade(req: http.Request) -> None:
+    del req.headers["upgrade"]
+    tokens = [t for t in req.headers.get("connection", "").split(",") if t.strip()]
+    kept = [t.strip() for t in tokens if t.strip().lower() not in ("upgrade", "http2-settings")]
+    req.headers.pop("http2-settings", None)
+    if kept:
+        req.headers["connection"] = ", ".join(kept)
+    else:
+        req.headers.pop("connection", None)
 
 
 def _forget_proxy_password(flow: http.HTTPFlow) -> None:

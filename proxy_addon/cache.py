@@ -67,6 +67,10 @@ TERMINAL_RECHECK = 2.0
 MIN_LIFETIME = 1.0
 # What a waiter is told when another process holds the refresh lock for too long.
 BUSY_RETRY_AFTER = 2.0
+# ops (issue 13): how often a request looks at the store for a token another process stored
+# (`authproxy refresh`, a login, a fleet member), and how long it waits for that look at most.
+STORE_LOOK = 1.0
+STORE_LOOK_WAIT = 0.25
 
 
 def _unusable(token: Token, now: float) -> bool:
@@ -140,12 +144,16 @@ class CredentialCache:
         self._closing = threading.Event()
         self._workers = 0
         self._workers_cv = threading.Condition()
+        self._next_look = 0.0  # monotonic; ops (issue 13), see _look_at_store
 
     # --- the hot path ---------------------------------------------------------------------------
 
     async def token(self) -> Token:
         """A token that is valid now. A due refresh runs in the background while it lasts."""
         tok = self._token
+        if tok is not None and self._task is None and self._mono() >= self._next_look:
+            await self._look_at_store()  # ops (issue 13)
+            tok = self._token
         if tok is None:
             return await self._get(rejected=None)
         if tok.access_token == self._refused:  # as if the 401 came now: wait for a new one
@@ -497,6 +505,37 @@ class CredentialCache:
         if tok is not None and is_usable(tok, self._clock()):
             return tok
         raise TokenUnavailable(self.name, failure.code, failure.message, failure.retry_after)
+
+    # --- ops (issue 13): tokens stored by other processes ---------------------------------------
+
+    async def _look_at_store(self) -> None:
+        """Adopt a newer row another process stored (`authproxy refresh`): at most every
+        STORE_LOOK seconds, waiting STORE_LOOK_WAIT at most (a slow store finishes the look in
+        the background, for the next request)."""
+        self._next_look = self._mono() + STORE_LOOK
+        if self.store is None or self._closing.is_set():
+            return
+        look = asyncio.ensure_future(asyncio.to_thread(self.store.get, self.store_key))
+        look.add_done_callback(self._looked)
+        # asyncio.wait never raises: a store outage is the refresh's business, not this look's.
+        await asyncio.wait({look}, timeout=STORE_LOOK_WAIT)
+
+    def _looked(self, look: asyncio.Future[Record | None]) -> None:
+        if look.cancelled() or look.exception() is not None:
+            return  # the store's trouble shows when a refresh needs it
+        record = look.result()
+        if record is None or self._version is None or record.version <= self._version:
+            return
+        tok = record.token
+        if tok.access_token == self._refused or _unusable(tok, self._clock()):
+            return
+        if self.grant.seed_id is not None and tok.seed_id != self.grant.seed_id:
+            return
+        logger.info(
+            "credential %s: using token %s, stored by another process",
+            self.name, fingerprint(tok.access_token),
+        )  # fmt: skip
+        self._adopt(record)
 
     async def _recheck_store(self) -> None:
         """In a terminal state: has a login or another process written a new token?"""

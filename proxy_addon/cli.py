@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import init_command, token_commands, wrap
+from . import hints, init_command, token_commands, wrap
 from .config import Config, ConfigError, config_path, load_config
 from .store import StoreError
 
@@ -20,6 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # SIGTERM ends a command as Ctrl-C does: its `finally` blocks run (the store is closed, a
+    # temporary proxy stopped), without a traceback. `run` installs its own handlers.
+    signal.signal(signal.SIGTERM, _terminate)
+    hints.use_config(args.config)  # advice such as `authproxy login NAME` names it too
     try:
         return int(args.func(args) or 0)
     except (ConfigError, StoreError) as e:
@@ -27,22 +34,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`authproxy check | head`): stop quietly. Python would still try
+    to flush stdout at exit and print a traceback about that; point stdout at /dev/null."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(
         prog="authproxy",
         description="A forward proxy that adds OAuth 2 Bearer tokens to outgoing API calls.",
     )
-    p.add_argument(
-        "--config",
-        help="configuration file (default: $AUTHPROXY_CONFIG, else "
-        "~/.config/authproxy/config.yaml)",
-    )
+    p.add_argument("--config", help=_CONFIG_HELP)
+    p.add_argument("--version", action="version", version=f"authproxy {__version__}")
     sub = p.add_subparsers(metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the proxy")
-    run.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+    run.add_argument(
+        "--listen", metavar="[HOST:]PORT",
+        help="override the config's listen address (a port alone: 127.0.0.1)",
+    )  # fmt: skip
     run.add_argument("-w", "--save-flows", metavar="FILE", help="save flows (redacted) to FILE")
     run.add_argument("-q", "--quiet", action="store_true", help="do not print each request")
     run.add_argument(
@@ -56,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, how long requests in flight may take to finish (5)",
     )  # fmt: skip
     run.add_argument(
+        "--workers", default="1", metavar="N",
+        help="proxy processes sharing the listen address (1; auto: one per core)",
+    )  # fmt: skip
+    run.add_argument(
         "--set",
         dest="sets",
         action="append",
@@ -67,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the config and print the route table")
     check.set_defaults(func=_cmd_check)
+
+    reload = sub.add_parser(
+        "reload", help="make the running proxy re-read its config and store key (SIGHUP)"
+    )
+    reload.set_defaults(func=_cmd_reload)
 
     demo = sub.add_parser(
         "demo", help="run a local OAuth server, a local API and the proxy, and call through it"
@@ -82,12 +115,67 @@ def _parser() -> argparse.ArgumentParser:
         "rotate-key", help="re-encrypt the token store under a new key (old key kept readable)"
     )
     rotate.set_defaults(func=_cmd_rotate_key)
+
+    completion = sub.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))
+    completion.set_defaults(func=lambda args: _cmd_completion(p, args))
+
+    # --config after the subcommand too (`authproxy check --config FILE`); SUPPRESS keeps a
+    # --config given before it.
+    for name, parser in sub.choices.items():
+        if "--config" not in parser._option_string_actions:
+            parser.add_argument("--config", default=argparse.SUPPRESS, help=_CONFIG_HELP)
+        if not parser.description:
+            parser.description = _help_of(sub, name)
     return p
 
 
-def _load(args: argparse.Namespace) -> tuple[Path, Config]:
+_CONFIG_HELP = (
+    "configuration file (default: $AUTHPROXY_CONFIG, else ~/.config/authproxy/config.yaml); "
+    "before or after the command"
+)
+
+
+def _help_of(sub: argparse._SubParsersAction, name: str) -> str | None:  # type: ignore[type-arg]
+    for action in sub._choices_actions:
+        if action.dest == name and action.help:
+            return action.help[0].upper() + action.help[1:] + "."
+    return None
+
+
+def _cmd_completion(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .completion import script
+
+    sys.stdout.write(script(parser, args.shell))
+    return 0
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """--listen: HOST:PORT, [IPv6]:PORT, or a PORT alone (loopback)."""
+    if value.isdigit():
+        host, port = "127.0.0.1", value
+    else:
+        host, _, port = value.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ConfigError(
+                "--listen", "", f"write an IPv6 address in brackets, e.g. [::1]:8080, not {value!r}"
+            )
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("--listen", "", f"expected [HOST:]PORT, got {value!r}")
+    return host, int(port)
+
+
+def host_port(host: str, port: int) -> str:
+    """host:port as a person writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _load(args: argparse.Namespace, *, need_secrets: bool = True) -> tuple[Path, Config]:
+    """The config of --config (else the default); see load_config for `need_secrets`."""
     path = config_path(args.config)
-    return path, load_config(path)
+    return path, load_config(path, need_secrets=need_secrets)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -95,18 +183,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunOptions, StartupError, run
 
     path, config = _load(args)
-    listen = None
-    if args.listen:
-        host, _, port = args.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError("--listen", "", f"expected HOST:PORT, got {args.listen!r}")
-        listen = (host.strip("[]"), int(port))
+    listen = parse_listen(args.listen) if args.listen else None
     # Before anything opens or creates the token store: a start that cannot listen changes nothing.
     if problem := listen_problem(*effective_listen(listen, config, args.sets)):
         print(f"authproxy: {problem}", file=sys.stderr)
         return 2
+    from .supervisor import supervise
+
     try:
-        return run(
+        return supervise(
+            args.workers,
+            run,
             RunOptions(
                 path,
                 config,
@@ -125,9 +212,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    import os
+
+    from .config_lint import bypass_warnings, config_warnings
+
     path, config = _load(args)
+    _check_like_run(config)  # raises what `run` would refuse at start
+    for warning in config_warnings(config) + bypass_warnings(config, os.environ):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{path}: OK")
-    print(f"listen: {config.listen_host}:{config.listen_port}")
+    print(f"listen: {host_port(config.listen_host, config.listen_port)}")
     _print_store(config)
     print("credentials:")
     for c in config.credentials.values():
@@ -142,6 +236,69 @@ def _cmd_check(args: argparse.Namespace) -> int:
         extra += " client Authorization)" if extra else ""
         print(f"  {r.index}: {r.describe():<50} -> {r.credential}{extra}")
     return 0
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from .env_render import client_host
+    from .netutil import host_for_url
+    from .ownproxy import NotOurProxy, proxy_status
+
+    path, config = _load(args)
+    host, port = client_host(config.listen_host), config.listen_port
+    where = f"{host_for_url(host)}:{port}"
+    try:
+        status = proxy_status(host, port, config.proxy_auth, timeout=5.0)
+    except NotOurProxy as e:
+        print(f"authproxy: not reloading {where}: it is not your authproxy ({e})", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"authproxy: no proxy answers at {where} ({e.strerror or e}): nothing to reload "
+              "(start it with `authproxy run`)", file=sys.stderr)  # fmt: skip
+        return 1
+    found = status.get("proxy")
+    proxy: dict[str, object] = found if isinstance(found, dict) else {}
+    pid = proxy.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        print(f"authproxy: the proxy at {where} is too old to be reloaded; restart it instead",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    running = proxy.get("config")
+    if running and Path(str(running)).resolve() != path.resolve():
+        print(f"authproxy: note: the proxy at {where} runs with {running}, which it re-reads",
+              file=sys.stderr)  # fmt: skip
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        print(f"authproxy: cannot signal the proxy (pid {pid}): {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"asked the proxy at {where} (pid {pid}) to reload {running or path}; its log says "
+          "whether the new config was taken")  # fmt: skip
+    return 0
+
+
+def _check_like_run(config: Config) -> None:
+    """What `run` checks beyond the file itself, without creating or changing anything: the
+    CA bundle it builds, and the token store with its key (the rows must decrypt)."""
+    from .runtime import check_rows, open_store, trust_bundle
+    from .store import MissingStoreError
+    from .store.paths import default_db_path
+
+    trust_bundle(config.ca_certs, config.source)
+    if not config.credentials:
+        return
+    if config.store.backend == "sqlite" and not (config.store.path or default_db_path()).exists():
+        return  # the first `run` creates the store and its key
+    try:
+        store = open_store(config.store, create=False)
+    except MissingStoreError:
+        return
+    try:
+        check_rows(config, store)
+    finally:
+        store.close()
 
 
 def _print_store(config: Config) -> None:
@@ -193,9 +350,11 @@ def _cmd_rotate_key(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         else:
-            print(f"added a new key to {add_key(key_file, db_path=config.store.path)}")
+            print(add_key(key_file, db_path=config.store.path))
         n = store.reseal(Sealer(load_keys(key_file, db_path=config.store.path)))
     finally:
         store.close()
-    print(f"re-encrypted {n} credential(s) in {where} under the newest key")
+    print(f"re-encrypted {n} credential(s) in {where} under the new key")
+    print("running proxies read the new key when they next open a stored token; the old key "
+          "stays in the key file until you remove it")  # fmt: skip
     return 0

@@ -1,8 +1,9 @@
 """Every use of mitmproxy internals, in one place.
 
 mitmproxy has no public API for these; each is pinned by a test in `tests/test_compat.py` (and
-`server_tls` in `tests/test_creds_compat.py`) that fails loudly (naming the function here) when
-an upgrade changes what it relies on:
+`server_tls` in `tests/test_creds_compat.py`, `share_listen_port` in
+`tests/test_compat_reuse_port.py`) that fails loudly (naming the function here) when an upgrade
+changes what it relies on:
 
 - `replay`: send a flow upstream and wait for its answer (`ReplayHandler`, as ClientPlayback).
 - `place_after_proxyauth`: put an addon right after proxy authentication in the hook chain.
@@ -11,13 +12,19 @@ an upgrade changes what it relies on:
   absolute form, which mitmproxy forgets before the first hook.
 - `server_tls`: the upstream TLS connection mitmproxy's TlsConfig builds, made early so that
   one connection can get a client certificate (its `client_certs` option is proxy-wide).
+- `share_listen_port`: open mitmproxy's TCP listeners with SO_REUSEPORT, so that the worker
+  processes of `authproxy run --workers N` all accept on one address (the kernel spreads the
+  connections; no extra hop).
 
 Nothing here runs at import time; the addon applies what it needs when it is loaded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
+import socket
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -34,6 +41,7 @@ __all__ = [
     "replay",
     "sent_to_listen_port",
     "server_tls",
+    "share_listen_port",
 ]
 
 logger = logging.getLogger("authproxy")
@@ -172,3 +180,44 @@ def sent_to_listen_port(flow: http.HTTPFlow) -> bool:
     CONNECT tunnel: until mitmproxy opens an upstream connection for it (after the request
     hooks), such a flow's server has no address; a tunnelled flow's has the tunnel's target."""
     return flow.server_conn.address is None
+
+
+# --- a listen port shared by worker processes ------------------------------------------------
+
+
+class _ReusePortAsyncio:
+    """`asyncio` as mitmproxy's mode_servers sees it, with `start_server` adding reuse_port.
+
+    Only that module's name is rebound (never the real asyncio): other listeners of the
+    process (the web UI, a test's server) keep the exclusive bind."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def start_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
+        kwargs.setdefault("reuse_port", True)
+        return await asyncio.start_server(*args, **kwargs)
+
+
+def share_listen_port() -> None:
+    """Make mitmproxy's TCP listeners (`AsyncioServerInstance.listen`, which calls
+    `asyncio.start_server` through its module's `asyncio` name) set SO_REUSEPORT. Linux lets
+    only sockets of the same effective uid share the port, so another local user cannot join.
+    Call before the servers start; idempotent. Raises RuntimeError when this mitmproxy binds
+    differently (the hook would silently do nothing) or the platform has no SO_REUSEPORT."""
+    from mitmproxy.proxy import mode_servers
+
+    if isinstance(mode_servers.asyncio, _ReusePortAsyncio):
+        return
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise RuntimeError("this platform has no SO_REUSEPORT: run a single worker")
+    listen = getattr(getattr(mode_servers, "AsyncioServerInstance", None), "listen", None)
+    if (
+        mode_servers.asyncio is not asyncio
+        or listen is None
+        or "asyncio.start_server(" not in inspect.getsource(listen)
+    ):
+        raise RuntimeError("mitmproxy's AsyncioServerInstance.listen no longer binds with "
+                           "asyncio.start_server: compat.share_listen_port needs updating for "
+                           "this mitmproxy version")  # fmt: skip
+    mode_servers.asyncio = _ReusePortAsyncio()  # type: ignore[assignment]

@@ -14,10 +14,12 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -224,7 +226,12 @@ def config_path(cli_value: str | None, env: Mapping[str, str] = os.environ) -> P
     return Path(base) / "authproxy" / "config.yaml"
 
 
-def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
+def load_config(
+    path: Path, env: Mapping[str, str] = os.environ, *, need_secrets: bool = True
+) -> Config:
+    """The config at `path`. `need_secrets=False` (commands that only talk to a running proxy
+    or the store: env, exec, tokens, logout): a credential's secret whose variable or file is
+    missing is left unavailable (see `unavailable`) instead of an error."""
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -235,43 +242,134 @@ def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
     except OSError as e:
         raise ConfigError(source, "", f"cannot read: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(source, "", f"not valid YAML: {where}{problem}") from None
-    return parse_config(data, source, env, base_dir=path.parent)
+    return parse_config(data, source, env, base_dir=path.parent, need_secrets=need_secrets)
 
 
 # --- reading ---------------------------------------------------------------------------------
 
-_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# libyaml's parser when PyYAML was built with it: a config of 10 000 routes parses 6x faster.
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """A safe loader that refuses a key given twice in one mapping: YAML keeps the last one
+    silently, so a second `client_secret:` or `routes:` would win without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, list | dict):
+                continue  # unhashable: the base class reports it
+            if key in seen and key != "<<":
+                first = seen[key].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key {key!r} (first given on line {first})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+
+# $$ (a literal $), ${VAR}, ${VAR:-default} / ${VAR-default} (default when unset or empty /
+# unset), ${VAR:?message} / ${VAR?message} (an error when unset or empty / unset), as Docker
+# Compose reads them. Any other $ is an error: kept literally it would hide a typo.
+_ENV_REF = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|)")
+
+
+class MissingVariable(NamedTuple):
+    name: str
+    key: str  # where in the file
+    message: str | None  # the config's own (${VAR:?message})
 
 
 def expand_env(value: str, env: Mapping[str, str], source: str, key: str) -> str:
-    """Replace ${VAR} from the environment; $$ is a literal $. A missing variable is an error."""
+    """Replace the environment references of `value` (see _ENV_REF). Raises ConfigError for
+    a missing variable or a `$` of another form."""
+    missing = env_problems(value, env, source, key)
+    if missing:
+        raise _missing_error(source, missing)
+    return _ENV_REF.sub(lambda m: _substitute(m, env) or "", value)
 
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name = m.group(1)
-        if name not in env:
-            raise ConfigError(source, key, f"environment variable {name} is not set")
-        return env[name]
 
-    return _ENV_REF.sub(sub, value)
+def env_problems(
+    value: str, env: Mapping[str, str], source: str, key: str
+) -> list[MissingVariable]:
+    """The variables `value` needs that are missing; raises ConfigError for a malformed `$`."""
+    missing = []
+    for m in _ENV_REF.finditer(value):
+        if m.group(1) is None and m.group(2) is None:
+            raise ConfigError(
+                source, key,
+                f"unsupported '$' at {value[m.start():m.start() + 12]!r}: write ${{VAR}}, "
+                "${VAR:-default} or ${VAR:?message} for an environment variable, $$ for a "
+                "literal $",
+            )  # fmt: skip
+        if m.group(2) is not None and _substitute(m, env) is None:
+            op, arg = m.group(3), m.group(4)
+            message = arg if op and op.endswith("?") and arg else None
+            missing.append(MissingVariable(m.group(2), key, message))
+    return missing
+
+
+def _substitute(m: re.Match[str], env: Mapping[str, str]) -> str | None:
+    """The text for one reference; None when its variable is missing (and has no default)."""
+    if m.group(1) is not None:
+        return "$"
+    name, op, arg = m.group(2), m.group(3), m.group(4)
+    value = env.get(name)
+    unset = value is None or (value == "" and op is not None and op.startswith(":"))
+    if not unset:
+        return value
+    if op is not None and op.endswith("-"):
+        return arg
+    return None
+
+
+def _missing_error(source: str, missing: list[MissingVariable]) -> ConfigError:
+    if len(missing) == 1:
+        v = missing[0]
+        why = f": {v.message}" if v.message else ""
+        return ConfigError(source, v.key, f"environment variable {v.name} is not set{why}")
+    parts = [f"{v.name} (for {v.key}{': ' + v.message if v.message else ''})" for v in missing]
+    return ConfigError(source, "", f"environment variables not set: {', '.join(parts)}")
+
+
+def _all_missing(
+    data: Any, env: Mapping[str, str], source: str, path: str = ""
+) -> list[MissingVariable]:
+    """Every missing variable of the file at once, before parsing stops at the first."""
+    if isinstance(data, str):
+        return env_problems(data, env, source, path or "(top level)")
+    found: list[MissingVariable] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            found += _all_missing(v, env, source, f"{path}.{k}" if path else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):  # a list of strings (scopes) is named as a whole
+            found += _all_missing(v, env, source, path if isinstance(v, str) else f"{path}[{i}]")
+    return found
 
 
 class _Reader:
     """Typed access to one mapping of the file, with key paths for error messages."""
 
-    def __init__(self, data: Any, source: str, path: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, data: Any, source: str, path: str, env: Mapping[str, str], *, lenient: bool = False
+    ) -> None:
         if not isinstance(data, dict):
             raise ConfigError(
                 source, path or "(top level)", f"expected a mapping, got {_kind(data)}"
             )
         self.data, self.source, self.path, self.env = data, source, path, env
+        self.lenient = lenient  # a missing secret is left unavailable (need_secrets=False)
         self._seen: set[str] = set()
 
     def key(self, name: str) -> str:
@@ -283,7 +381,13 @@ class _Reader:
     def raw(self, name: str) -> Any:
         self._seen.add(name)
         value = self.data.get(name)
-        if isinstance(value, str):
+        if isinstance(value, str) and not isinstance(value, _Literal):
+            if (
+                self.lenient
+                and name in _SECRET_KEYS
+                and env_problems(value, self.env, self.source, self.key(name))
+            ):
+                return Unavailable(f"<{name} not available>")
             return expand_env(value, self.env, self.source, self.key(name))
         return value
 
@@ -301,7 +405,7 @@ class _Reader:
             return default
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise self.error(name, f"expected a string, got {_kind(value)}")
-        text = str(value)
+        text = value if isinstance(value, str) else str(value)  # keeps Unavailable
         if required and not text:
             raise self.error(name, "must not be empty")
         return text
@@ -359,14 +463,19 @@ class _Reader:
 
     def with_defaults(self, defaults: Mapping[str, Any]) -> _Reader:
         """This mapping over a preset's values; keys the preset brings are never 'unknown'."""
-        merged = _Reader({**defaults, **self.data}, self.source, self.path, self.env)
+        merged = _Reader(
+            {**defaults, **self.data}, self.source, self.path, self.env, lenient=self.lenient
+        )
         merged._seen |= self._seen | (set(defaults) - set(self.data))
         return merged
 
     def section(self, name: str) -> _Reader:
         self._seen.add(name)
         value = self.data.get(name)
-        return _Reader({} if value is None else value, self.source, self.key(name), self.env)
+        return _Reader(
+            {} if value is None else value, self.source, self.key(name), self.env,
+            lenient=self.lenient,
+        )  # fmt: skip
 
     def string_map(self, name: str) -> dict[str, str]:
         sub = self.section(name)
@@ -377,6 +486,97 @@ class _Reader:
         unknown = [k for k in self.data if k not in self._seen and k not in allowed_also]
         if unknown:
             raise self.error(str(unknown[0]), "unknown key" + _suggest(str(unknown[0]), self))
+
+
+class _Literal(str):
+    """A value read from a secret file: taken as it is, never expanded."""
+
+    __slots__ = ()
+
+
+class Unavailable(_Literal):
+    """A secret that a command loading with need_secrets=False could not read; never sent."""
+
+    __slots__ = ()
+
+
+def unavailable(value: object) -> bool:
+    """Is this config value a secret left unread (load_config's need_secrets=False)?"""
+    return isinstance(value, Unavailable)
+
+
+def _is_secret_key(key: str) -> bool:
+    last = key.rpartition(".")[2]
+    return last in _SECRET_KEYS or last.removesuffix("_file") in _SECRET_KEYS
+
+
+# Keys of a credential whose value is a secret; each may instead be read from a file,
+# `<key>_file:` (/run/secrets/..., $CREDENTIALS_DIRECTORY/... of systemd).
+_SECRET_KEYS = frozenset(
+    {"client_secret", "password", "refresh_token", "token"}
+    | {k for spec in GRANT_SPECS.values() for k in spec.rules.secret}
+    | {k for method in CLIENT_AUTH_METHODS.values() for k in method.secret}
+)
+MAX_SECRET_FILE = 64 * 1024
+
+
+def _secrets_from_files(
+    r: _Reader, keys: frozenset[str], resolve: Callable[[str], Path]
+) -> _Reader:
+    """`r` with each `<key>_file:` replaced by `<key>:` holding the file's text."""
+    files = [k for k in keys if f"{k}_file" in r.data]
+    if not files:
+        return r
+    data = dict(r.data)
+    for key in sorted(files):
+        file_key = f"{key}_file"
+        if r.data.get(key) is not None:
+            raise r.error(file_key, f"give either {key} or {file_key}, not both")
+        try:
+            path = resolve(r.text(file_key, required=True) or "")
+            data[key] = _Literal(read_secret_file(path, r.source, r.key(file_key)))
+        except ConfigError:
+            if not (r.lenient and key in _SECRET_KEYS):
+                raise
+            data[key] = Unavailable(f"<{key} not available>")
+        del data[file_key]
+    out = _Reader(data, r.source, r.path, r.env, lenient=r.lenient)
+    out._seen |= r._seen
+    return out
+
+
+def read_secret_file(path: Path, source: str, key: str) -> str:
+    """A secret kept in a file, without its final line break. Refused when other users could
+    change it, or (for a file of this user's, who can fix it) read it."""
+    try:
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read(MAX_SECRET_FILE + 1)
+    except OSError as e:
+        raise ConfigError(source, key, f"cannot read {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(source, key, f"{path} is not a regular file")
+    if st.st_mode & 0o022:
+        raise ConfigError(
+            source, key, f"{path} can be changed by other users (mode {st.st_mode & 0o777:o}); "
+            f"run chmod 600 {path}",
+        )  # fmt: skip
+    # A file of another owner (root's /run/secrets/... of a container) is as its owner made it.
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        raise ConfigError(
+            source, key, f"{path} can be read by other users (mode {st.st_mode & 0o777:o}); "
+            f"run chmod 600 {path}",
+        )  # fmt: skip
+    if len(data) > MAX_SECRET_FILE:
+        raise ConfigError(source, key, f"{path} is larger than {MAX_SECRET_FILE} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(source, key, f"{path} is not UTF-8 text") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise ConfigError(source, key, f"{path} is empty")
+    return text
 
 
 def _kind(value: Any) -> str:
@@ -396,12 +596,23 @@ def _suggest(name: str, reader: _Reader) -> str:
 
 
 def parse_config(
-    data: Any, source: str, env: Mapping[str, str] = os.environ, base_dir: Path | None = None
+    data: Any,
+    source: str,
+    env: Mapping[str, str] = os.environ,
+    base_dir: Path | None = None,
+    *,
+    need_secrets: bool = True,
 ) -> Config:
     if data is None:
         data = {}
-    top = _Reader(data, source, "", env)
+    missing = _all_missing(data, env, source)
+    if not need_secrets:
+        missing = [v for v in missing if not _is_secret_key(v.key)]
+    if missing:
+        raise _missing_error(source, missing)
+    top = _Reader(data, source, "", env, lenient=not need_secrets)
     resolve = _path_resolver(base_dir)
+    top = _secrets_from_files(top, frozenset({"proxy_auth"}), resolve)
 
     listen_host, listen_port = _parse_listen(top)
     proxy_auth = top.text("proxy_auth")
@@ -425,8 +636,7 @@ def parse_config(
             )
     ca_certs = tuple(resolve(p) for p in top.words("ca_certs"))
     for i, p in enumerate(ca_certs):
-        if not p.is_file():
-            raise ConfigError(source, f"ca_certs[{i}]", f"no such file: {p}")
+        _check_pem(p, source, f"ca_certs[{i}]")
 
     store = _parse_store(top.section("store"), resolve)
     tokens = top.section("tokens")
@@ -434,7 +644,7 @@ def parse_config(
     tokens.done()
     credentials = {
         name: _with_file_paths(cred, resolve)
-        for name, cred in _parse_credentials(top.section("credentials"), policy).items()
+        for name, cred in _parse_credentials(top.section("credentials"), policy, resolve).items()
     }
     routes = _parse_routes(top, credentials, resolve)
     confdir = top.text("confdir")
@@ -479,12 +689,27 @@ def _parse_store(s: _Reader, resolve: Callable[[str], Path]) -> StoreConfig:
     key_file = s.text("key_file")
     parsed = BACKENDS[backend].parse(s, resolve)
     s.done()
+    if parsed.path is not None or backend == "sqlite":
+        _refuse_key_beside_store(s, resolve(key_file) if key_file else None, parsed.path)
     return StoreConfig(
         backend=backend,
         path=parsed.path,
         key_file=resolve(key_file) if key_file else None,
         settings=parsed.settings,
     )
+
+
+def _refuse_key_beside_store(s: _Reader, key_file: Path | None, db_path: Path | None) -> None:
+    """What the store refuses at start, refused here already (so `check` says it too)."""
+    from .store.keys import ENV_VAR, KeySourceError, _refuse_beside_db
+    from .store.paths import default_db_path, default_key_file
+
+    if s.env.get(ENV_VAR, "").strip():
+        return  # the key comes from the environment; no key file is read
+    try:
+        _refuse_beside_db(key_file or default_key_file(s.env), db_path or default_db_path(s.env))
+    except KeySourceError as e:
+        raise s.error("key_file", str(e)) from None
 
 
 def _parse_policy(s: _Reader, base: TokenPolicy) -> TokenPolicy:
@@ -510,18 +735,23 @@ _POLICY_KEYS = tuple(TokenPolicy.__dataclass_fields__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _parse_credentials(s: _Reader, policy: TokenPolicy) -> dict[str, CredentialConfig]:
+def _parse_credentials(
+    s: _Reader, policy: TokenPolicy, resolve: Callable[[str], Path]
+) -> dict[str, CredentialConfig]:
     out: dict[str, CredentialConfig] = {}
     for name in s.data:
         if not isinstance(name, str) or not _NAME.match(name):
             raise s.error(
                 str(name), "credential names use letters, digits, '.', '_' and '-' (at most 64)"
             )
-        out[name] = _parse_credential(name, s.section(name), policy)
+        out[name] = _parse_credential(name, s.section(name), policy, resolve)
     return out
 
 
-def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialConfig:
+def _parse_credential(
+    name: str, c: _Reader, policy: TokenPolicy, resolve: Callable[[str], Path]
+) -> CredentialConfig:
+    c = _secrets_from_files(c, _SECRET_KEYS, resolve)
     preset = c.text("preset")
     if preset is not None:
         if preset not in PRESETS:
@@ -539,8 +769,9 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
         return CredentialConfig(name, grant, policy=cred_policy, **own)
 
     tenant = c.text("tenant", "") or ""
-    issuer = _https_url(c, "issuer", tenant)
-    token_url = _https_url(c, "token_url", tenant)
+    allow_http = c.bool("allow_http", False)
+    issuer = _https_url(c, "issuer", tenant, allow_http)
+    token_url = _https_url(c, "token_url", tenant, allow_http)
     if (
         token_url is None
         and issuer is None
@@ -550,7 +781,7 @@ def _parse_credential(name: str, c: _Reader, policy: TokenPolicy) -> CredentialC
     scopes = c.words("scopes")
     scopes += tuple(s for s in c.words("required_scopes") if s not in scopes)
     endpoints = {
-        key: _https_url(c, key, tenant)
+        key: _https_url(c, key, tenant, allow_http)
         for key in ("authorization_url", "device_authorization_url", "revocation_url")
     }
     authorization_params = c.string_map("authorization_params")
@@ -630,13 +861,38 @@ def _grant_keys(
     return own
 
 
-def _https_url(c: _Reader, key: str, tenant: str) -> str | None:
+def _https_url(c: _Reader, key: str, tenant: str, allow_http: bool = False) -> str | None:
+    """An IdP URL: https://, or http:// to a loopback host with the credential's
+    `allow_http: true` (a local Keycloak or dev IdP; `check` warns about it)."""
     url = c.text(key)
     if url is None:
         return None
     url = url.replace("{tenant}", tenant)
-    if not url.startswith("https://"):
-        raise c.error(key, f"expected an https:// URL, got {url!r}")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise c.error(key, f"the URL contains a space or control character: {url!r}")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError as e:
+        raise c.error(key, f"not a valid URL ({e}): {url!r}") from None
+    if parts.scheme == "http" and allow_http:
+        if not is_loopback(host):
+            raise c.error(
+                key,
+                f"allow_http permits http:// only to this machine (localhost, 127.0.0.1, ::1), "
+                f"not to {host!r}: the client secret and tokens would cross the network in "
+                "clear text; use https://",
+            )
+    elif parts.scheme != "https":
+        hint = (
+            " (for an IdP on this machine, add allow_http: true to the credential)"
+            if parts.scheme == "http" and is_loopback(host)
+            else ""
+        )
+        raise c.error(key, f"expected an https:// URL, got {url!r}{hint}")
+    if not host:
+        raise c.error(key, f"the URL names no host: {url!r}")
     return url
 
 
@@ -645,6 +901,24 @@ def _with_file_paths(cred: CredentialConfig, resolve: Callable[[str], Path]) -> 
     config file's directory, as every other path in it, not to wherever the proxy runs."""
     files = {k: str(resolve(v)) for k, v in cred.options.items() if k.endswith("_file") and v}
     return dataclasses.replace(cred, options={**cred.options, **files}) if files else cred
+
+
+def _check_pem(path: Path, source: str, key: str) -> None:
+    """A CA file that `run` can use: PEM certificates (a DER file or a key is refused here,
+    not by the TLS library at the first request)."""
+    import ssl
+
+    if not path.is_file():
+        raise ConfigError(source, key, f"no such file: {path}")
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except ssl.SSLError:
+        raise ConfigError(
+            source, key, f"{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----); "
+            f"convert a DER file with: openssl x509 -inform der -in {path} -out ca.pem",
+        ) from None  # fmt: skip
+    except OSError as e:
+        raise ConfigError(source, key, f"cannot read {path}: {e.strerror}") from None
 
 
 def _parse_routes(

@@ -39,6 +39,7 @@ class ConsoleInfo:
     config: str | None
     routes: tuple[RouteRow, ...]
     events: tuple[Event, ...]  # newest first, secrets scrubbed
+    pid: int = 0  # the proxy's process: `authproxy reload` signals it (after the owner check)
 
     @property
     def uptime(self) -> float:
@@ -50,6 +51,7 @@ class ConsoleInfo:
                 "version": self.version, "mitmproxy": self.mitmproxy, "python": self.python,
                 "started_at": self.started_at, "uptime": round(self.uptime, 1),
                 "listen": self.listen, "store": self.store, "config": self.config,
+                "pid": self.pid,
             },
             "routes": [
                 {"index": r.index, "match": r.match, "credential": r.credential,
@@ -94,6 +96,8 @@ def console_info(
         store=store,
         config=config,
         routes=routes,
+        # Under `run --workers N`, the supervisor: it passes a reload on to every worker.
+        pid=getattr(metrics, "supervisor_pid", None) or os.getpid(),
         events=tuple(
             e._replace(message=scrub(e.message, secrets)) for e in metrics.events.recent(events)
         ),

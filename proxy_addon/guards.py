@@ -34,7 +34,12 @@ _MODE_REASONS = {
 }
 # Header names modify_headers must not touch: they decide where a request goes, or carry the
 # token the proxy injects.
-_GUARDED_HEADERS = frozenset({"host", ":authority", "authorization"})
+# Framing headers too: a rewritten Content-Length or Transfer-Encoding makes the server read the
+# body as the start of another request, and the next request (token included) as its body.
+_GUARDED_HEADERS = frozenset({
+    "host", ":authority", "authorization", "proxy-authorization",
+    "content-length", "transfer-encoding", "te", "trailer", "connection", "upgrade",
+})  # fmt: skip
 
 
 def request_refusal(flow: http.HTTPFlow, route: Route) -> http.Response | None:
@@ -160,7 +165,9 @@ def unsafe_options(opts: Any) -> str | None:
         if name is None or name in _GUARDED_HEADERS:
             return (
                 f"modify_headers {spec!r} rewrites {name or 'a header it names unclearly'} "
-                "after the route was chosen; Host, :authority and Authorization are refused"
+                "after the route was chosen; Host, :authority, Authorization and the headers "
+                "that frame a request (Content-Length, Transfer-Encoding, Connection, Upgrade, "
+                "TE, Trailer) are refused"
             )
     if getattr(opts, "validate_inbound_headers", True) is False:
         return (

@@ -14,6 +14,7 @@ redirect (it would re-post the secrets elsewhere), always verifying the certific
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -91,6 +92,10 @@ def _watched_session(watch: _Watch) -> requests.Session:
             return sock
 
         def request(self, *args: Any, **kwargs: Any) -> None:
+            if getattr(self, "sock", True) is None:
+                # Plain http (a loopback IdP, allow_http) connects here, not before: a refused
+                # connection is "unreachable", not an answer lost after sending.
+                self.connect()  # type: ignore[attr-defined]
             watch.sent = True  # from here on, the IdP may act on the request
             super().request(*args, **kwargs)  # type: ignore[misc]
 
@@ -241,9 +246,26 @@ def classify(
 
 
 def _short(e: BaseException) -> str:
-    """An exception's gist without the URL-laden chains requests produces."""
+    """An exception's gist ("Connection refused", "Name or service not known") without the
+    URL-laden chains requests and urllib3 produce, which a length limit cut mid-word."""
     inner: BaseException = e
-    while inner.args and isinstance(inner.args[0], BaseException):
-        inner = inner.args[0]
-    text = str(inner.args[0] if inner.args else inner)
+    seen = {id(inner)}
+    while True:
+        reason = getattr(inner, "reason", None)
+        if inner.args and isinstance(inner.args[0], BaseException):
+            nxt: BaseException | None = inner.args[0]
+        elif isinstance(reason, BaseException):
+            nxt = reason
+        else:
+            nxt = inner.__cause__ or inner.__context__
+        if nxt is None or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        inner = nxt
+    if isinstance(inner, OSError) and inner.strerror:
+        text = inner.strerror
+    else:
+        text = str(inner.args[0] if inner.args else inner)
+        # urllib3 puts its connection's repr first: "_TlsConn(host='h', port=9): Failed ..."
+        text = re.sub(r"^<?[\w.]+\(host='[^']*', port=\d+\)>?: ", "", text)
     return clean(text, limit=160)

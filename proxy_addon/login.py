@@ -119,10 +119,7 @@ def save_token(store: TokenStore, key: str, token: Token) -> None:
         try:
             record = store.get(key)
         except StoreError as e:
-            name = key.partition("#")[0]
-            raise LoginError(
-                f"{e}; nothing was stored (fix the key, or `authproxy logout {name}` first)"
-            ) from None
+            raise LoginError(f"{e}; nothing was stored") from None
         store.put(key, token, record.version if record else None)
 
 

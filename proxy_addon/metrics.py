@@ -73,6 +73,22 @@ class Histogram:
     def count(self, values: tuple[str, ...]) -> int:
         return sum(self._data[values][0]) if values in self._data else 0
 
+    def export(self) -> list[tuple[list[str], list[int], float]]:
+        """Plain data (label values, counts per bucket, sum), for another process to absorb."""
+        return [(list(v), list(c), t[0]) for v, (c, t) in self._data.items()]
+
+    def absorb(self, data: Sequence[tuple[Sequence[str], Sequence[int], float]]) -> None:
+        """Add another histogram's export (the same buckets); a malformed entry is skipped."""
+        for values, counts, total in data:
+            if len(counts) != len(self.buckets) + 1 or len(values) != len(self.labels):
+                continue
+            mine, mine_total = self._data.setdefault(
+                tuple(str(v) for v in values), ([0] * (len(self.buckets) + 1), [0.0])
+            )
+            for i, n in enumerate(counts):
+                mine[i] += int(n)
+            mine_total[0] += float(total)
+
     def lines(self, metric: str) -> list[str]:
         out = []
         for values, (counts, total) in sorted(self._data.items()):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["pem_bundle"]
+__all__ = ["PEM_CERT", "pem_bundle"]
 
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.S)
+PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.S)
 
 
 def pem_bundle(parts: Sequence[tuple[str, bytes]]) -> bytes:
@@ -16,7 +16,7 @@ def pem_bundle(parts: Sequence[tuple[str, bytes]]) -> bytes:
     out = [b"# Written by authproxy: the CAs that clients of the proxy trust.\n"]
     for label, data in parts:
         certs = []
-        for match in _PEM_CERT.finditer(data):
+        for match in PEM_CERT.finditer(data):
             cert = match.group(0).replace(b"\r\n", b"\n")
             if cert not in seen:
                 seen.add(cert)

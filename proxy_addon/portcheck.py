@@ -30,6 +30,10 @@ def effective_listen(
     return host, port
 
 
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def listen_problem(host: str, port: int) -> str | None:
     """Why the proxy could not listen on host:port, or None if a bind test succeeds.
 
@@ -43,7 +47,7 @@ def listen_problem(host: str, port: int) -> str | None:
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as e:
-        return f"cannot listen on {host}:{port}: {e.strerror}"
+        return f"cannot listen on {_where(host, port)}: {e.strerror} (check --listen)"
     family, kind, proto, _, address = infos[0]
     try:
         with socket.socket(family, kind, proto) as s:
@@ -57,5 +61,5 @@ def listen_problem(host: str, port: int) -> str | None:
             if e.errno == errno.EADDRINUSE
             else ""
         )
-        return f"cannot listen on {host}:{port}: {e.strerror}{hint}"
+        return f"cannot listen on {_where(host, port)}: {e.strerror}{hint}"
     return None

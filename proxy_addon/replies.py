@@ -13,6 +13,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from . import hints
 from .errors import TokenUnavailable
 from .routes import Route
 from .sanitize import clean, safe_code
@@ -42,7 +43,7 @@ def token_unavailable(e: TokenUnavailable, secrets: Sequence[str] = ()) -> http.
         body["retry_after"] = round(e.retry_after, 1)
         extra["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
     if reason in ("needs_login", "invalid_grant"):
-        body["hint"] = f"run: authproxy login {e.credential}"
+        body["hint"] = f"run: {hints.login(e.credential)}"
     return _reply(502, "token_unavailable", body, extra)
 
 

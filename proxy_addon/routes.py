@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote
 
 from .present import BEARER, Presentation
 
@@ -86,6 +88,25 @@ def normalize_path(path: str) -> str:
         out.append(seg)
     trailing = "/" if path.endswith(("/", "/.", "/..")) and out else ""
     return "/" + "/".join(out) + trailing if out else "/"
+
+
+# Escapes some servers read as a character and others do not: IIS's `%uXXXX`, and overlong
+# UTF-8 (`%c0%af` is "/" to a lax decoder). A path with one has no single reading.
+_AMBIGUOUS_ESCAPES = re.compile(r"%u[0-9a-f]{4}|%c[01]|%e0%[89]|%f0%8", re.IGNORECASE)
+# Reads as no path at all: it matches no prefix other than "/".
+UNREADABLE = "\x00unreadable"
+
+
+def strict_readings(path: str) -> tuple[str, ...]:
+    """Every way a lenient server may read the path (`strict_path`), also after decoding it
+    once more (`%252f` is `%2f` to a server that decodes twice, then "/"). A prefix route must
+    match all of them."""
+    if _AMBIGUOUS_ESCAPES.search(path):
+        return (UNREADABLE,)
+    once = strict_path(path)
+    if "%25" not in path:
+        return (once,)
+    return (once, strict_path(unquote(path.split("?", 1)[0])))
 
 
 def strict_path(path: str) -> str:
@@ -247,16 +268,16 @@ def _first(candidates: list[_Paths], path: str, *, strict: bool) -> int | None:
         if root is not None and root < best:
             best = root
     keys: list[str] | None = None
-    lenient: str | None = None
+    lenient: tuple[str, ...] = ()
     for _, lowest, keyed in candidates:
         if keyed is None or lowest >= best:
             continue  # nothing here can beat what was found: the path need not be read
         if keys is None:
             keys = _path_keys(normalize_path(path))
-            lenient = strict_path(path) if strict else None
+            lenient = strict_readings(path) if strict else ()
         for key in keys:
             for prefix, position in keyed.get(key, ()):
-                if position < best and (lenient is None or path_matches(prefix, lenient)):
+                if position < best and all(path_matches(prefix, p) for p in lenient):
                     best = position
     return None if best == math.inf else int(best)
 

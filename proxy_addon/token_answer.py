@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import hints
 from .errors import GrantError
 from .idp_http import Answer
 from .sanitize import clean, safe_code
@@ -130,7 +131,7 @@ def _oauth_error(
             ". The IdP saw a refresh token that was already used: it rotates them, and an "
             "earlier request that spent this one probably lost its answer (a timeout or a "
             "dropped connection). The IdP has likely revoked the sign-in; a new sign-in is "
-            "needed" + (f": run `authproxy login {credential}`" if credential else "")
+            "needed" + (f": run `{hints.login(credential)}`" if credential else "")
         )
     return GrantError(code, message, terminal=code in TERMINAL_ERRORS, retry_after=retry_after)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -12,14 +13,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .cache import CredentialCache
-from .config import Config, ConfigError, CredentialConfig
+from .config import Config, ConfigError, CredentialConfig, unavailable
 from .state import CredentialState
 from .status import CredentialView
 from .store import StoreError, TokenStore
 
 __all__ = ["register"]
 
-Loader = Callable[[argparse.Namespace], tuple[Path, Config]]
+Loader = Callable[..., tuple[Path, Config]]  # (args, *, need_secrets=True)
+
+# `authproxy login` of a credential that has no sign-in (a usage error, as argparse's).
+NO_SIGN_IN = 2
 
 
 def register(sub: argparse._SubParsersAction, load: Loader) -> None:  # type: ignore[type-arg]
@@ -57,30 +61,43 @@ def _credential(config: Config, name: str) -> CredentialConfig:
 
 
 @contextmanager
-def _opened(args: argparse.Namespace) -> Iterator[CredentialCache]:
-    """The named credential's cache (its grant, its store), closed afterwards."""
+def _opened(
+    args: argparse.Namespace, *, need_secrets: bool = True
+) -> Iterator[tuple[CredentialCache, CredentialConfig]]:
+    """The named credential's cache (its grant, its store), closed afterwards, and its config.
+    Only the commands that talk to the IdP need the config's secrets."""
     from .runtime import Runtime
 
-    _, config = args.load(args)
-    _credential(config, args.name)
+    _, config = args.load(args, need_secrets=need_secrets)
+    cred = _credential(config, args.name)
     # No up-front decryption check: logout must work on a row the key can no longer read.
     runtime = Runtime.build(config, check_store=False)
     try:
-        yield runtime.caches[args.name]
+        yield runtime.caches[args.name], cred
     finally:
         runtime.close()
 
 
 def _cmd_login(args: argparse.Namespace) -> int:
+    from .grants.registry import sign_in_for
     from .login import LoginError, login
 
-    with _opened(args) as cache:
-        if cache.store is None:
-            print(f"{args.name}: a static token needs no sign-in")
-            return 0
+    _, config = args.load(args, need_secrets=False)
+    cred = _credential(config, args.name)
+    if sign_in_for(cred.grant) is None:
+        # One answer (and exit code) for every credential without a sign-in: static tokens,
+        # client_credentials, ...
+        print(
+            f"authproxy: {args.name} uses grant {cred.grant}, which needs no sign-in: the "
+            f"proxy gets its tokens by itself (`authproxy refresh {args.name}` gets one now)",
+            file=sys.stderr,
+        )
+        return NO_SIGN_IN
+    with _opened(args) as (cache, _):
         try:
             token = login(
-                cache.grant, cache.store, no_browser=args.no_browser, timeout=args.timeout,
+                cache.grant, cache.store,  # type: ignore[arg-type]  # _opened opens a store
+                no_browser=args.no_browser, timeout=args.timeout,
             )  # fmt: skip
         except LoginError as e:
             print(f"authproxy: login {args.name}: {e}", file=sys.stderr)
@@ -96,7 +113,7 @@ def _cmd_login(args: argparse.Namespace) -> int:
 def _cmd_logout(args: argparse.Namespace) -> int:
     from .login import revoke
 
-    with _opened(args) as cache:
+    with _opened(args, need_secrets=False) as (cache, cred):
         if cache.store is None:
             print(f"{args.name}: a static token is in the config, not in the store")
             return 0
@@ -116,7 +133,13 @@ def _cmd_logout(args: argparse.Namespace) -> int:
             if not legacy:
                 print(f"{args.name}: no stored tokens")
             return 0
-        note = revoke(cache.grant, record.token)
+        if missing := [k for k in ("client_secret", "password") if unavailable(cred.value(k))]:
+            note = (
+                f"not revoked at the provider (its {missing[0]} is not available here: the "
+                "config's variable or file for it is missing)"
+            )
+        else:
+            note = revoke(cache.grant, record.token)
         cache.store.delete(key)
     print(f"{args.name}: stored tokens deleted; {note}")
     return 0
@@ -127,7 +150,7 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
 
     from .errors import TokenUnavailable
 
-    with _opened(args) as cache:
+    with _opened(args) as (cache, _):
         try:
             token = asyncio.run(cache.force_refresh())
         except TokenUnavailable as e:
@@ -142,12 +165,25 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
 
     from .runtime import open_store
     from .store import MissingStoreError
+    from .store.keys import ENV_VAR
+    from .store.paths import default_db_path, default_key_file
 
-    _, config = args.load(args)
-    try:
-        store = open_store(config.store, create=False)
-    except MissingStoreError:
-        store = None
+    _, config = args.load(args, need_secrets=False)
+    if not config.credentials:
+        print("no credentials in the config yet: add one (see `authproxy init`)")
+        return 0
+    fresh = (
+        config.store.backend == "sqlite"
+        and not (config.store.path or default_db_path()).exists()
+        and not os.environ.get(ENV_VAR)
+        and not (config.store.key_file or default_key_file()).exists()
+    )
+    store: TokenStore | None = None
+    if not fresh:  # on a fresh machine there is no store, nor a key: nothing to tell about
+        try:
+            store = open_store(config.store, create=False)
+        except MissingStoreError:
+            fresh = True
     now = time.time()
     try:
         views = [_stored_view(c, store, now) for c in config.credentials.values()]
@@ -157,9 +193,16 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     views = [_with_live_state(v, live) for v in views] if (live := _live_status(config)) else views
+    # As `gh auth status`: non-zero when a credential cannot give a token without help.
+    code = 1 if any(v.state in ("failing", "needs login", "damaged") for v in views) else 0
     if args.json:
         print(json.dumps([v.as_dict() for v in views], indent=1))
-        return 0
+        return code
+    if fresh:
+        print(
+            "no tokens stored yet: the proxy fetches them on first use; credentials that "
+            "need a sign-in say so below (`authproxy login NAME`)"
+        )
     columns = "{:<16} {:<19} {:<12} {:>10}  {:<7} {:<19} {}"
     print(
         columns.format("NAME", "GRANT", "STATE", "EXPIRES IN", "REFRESH", "LAST REFRESH", "SCOPES")
@@ -187,7 +230,7 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
                 "  note: a token an older authproxy stored under this name is not used; "
                 f"`authproxy logout {v.name}` removes it"
             )
-    return 0
+    return code
 
 
 def _stored_view(cfg: CredentialConfig, store: TokenStore | None, now: float) -> CredentialView:
@@ -219,8 +262,8 @@ def _duration(seconds: float) -> str:
 def _live_status(config: Config) -> dict[str, dict[str, object]]:
     """What a running proxy for this config knows (failures, last errors), if one is running
     and it is this user's (checked before the proxy credentials are sent)."""
+    from .env_render import client_host
     from .ownproxy import NotOurProxy, proxy_status
-    from .wrap import client_host
 
     host = client_host(config.listen_host)
     try:

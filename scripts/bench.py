@@ -23,7 +23,9 @@ Phases, in one run:
    the wall clock;
 2. route count: `RouteTable.match` per call in this process for 10 and 10 000 routes, then the
    10-route and the 10 000-route authproxy end to end, interleaved;
-3. workers (issue 11 item 3): measured when `authproxy run` has `--workers`, else said so;
+3. workers (issue 11 item 3): `authproxy run --workers N` for N = 1 .. the cores (at least 1
+   and 2), interleaved round by round, each started until every worker listens; throughput as a
+   ratio to one worker, and how the kernel spread the connections over the workers;
 4. memory: each proxy's RSS after 10 000 requests and after `--memory-requests` (default
    20 000; `--memory`: 100 000), and the difference;
 5. storm: with a token cached, the IdP expires it (the proxy does not know) and turns slow;
@@ -75,6 +77,7 @@ BARRIER_TIMEOUT = 120.0
 MEMORY_BASE = 10_000  # requests served before the first RSS reading
 BARE, AUTHPROXY = "mitmdump (bare)", "authproxy"
 FEW_ROUTES = 10
+STATUS_METRICS = "http://authproxy.local/metrics"  # answered by the proxy itself
 
 
 class BenchError(Exception):
@@ -792,7 +795,9 @@ def main(argv: list[str] | None = None) -> int:
         proxies.remove(many)
 
         # 3. Workers (issue 11 item 3): filled in once `authproxy run --workers N` exists.
-        out += ["", *workers_phase(args, work, confdir, pki, idp, api, env, target, warmup)]
+        lines, bad = workers_phase(args, work, confdir, pki, idp, api, env, target, warmup)
+        out += ["", *lines]
+        failures += bad
         after_run()
 
         # 4. Memory: RSS after MEMORY_BASE and after --memory-requests requests served.
@@ -863,35 +868,92 @@ def workers_phase(
     env: dict[str, str],
     target: Target,
     warmup: int,
-) -> list[str]:
-    """Throughput with `authproxy run --workers N`, N = 1 .. the cores, as a ratio to one
-    worker (issue 11 item 3). Until `run` has the option, says so and measures nothing."""
+) -> tuple[list[str], list[str]]:
+    """Throughput with `authproxy run --workers N`, N = 1 .. the cores (at least 1 and 2), as a
+    ratio to one worker (issue 11 item 3), interleaved round by round; (report lines,
+    failures). Until `run` has the option, says so and measures nothing."""
     n_cores = cores()
     if not workers_supported():
         return [
             f"workers 1..{n_cores}: not measured (`authproxy run` has no --workers option yet; "
             "issue 11 item 3)"
-        ]
-    print(f"workers 1..{n_cores}", file=sys.stderr)
-    lines = [f"workers ({args.concurrency} clients; the load generator shares the {n_cores} "
-             "cores with the workers)"]  # fmt: skip
-    base = math.nan
-    for n in range(1, n_cores + 1):
-        name = f"authproxy --workers {n}"
-        proxy = authproxy(name, work, confdir, pki, idp, api, routes=FEW_ROUTES,
-                          run_args=("--workers", str(n)))  # fmt: skip
-        target.headers.pop(name, None)
-        try:
-            proxy.start(env)
-            runs = interleaved([proxy], target, n=args.requests, clients=args.concurrency,
-                               rounds=args.rounds, warmup=warmup, after_run=api.reset)  # fmt: skip
-        finally:
+        ], []
+    counts = list(range(1, max(2, n_cores) + 1))
+    print(f"workers 1..{counts[-1]}", file=sys.stderr)
+    failures: list[str] = []
+    started: list[ProxyProcess] = []
+    try:
+        for n in counts:
+            name = f"authproxy --workers {n}"
+            proxy = authproxy(name, work, confdir, pki, idp, api, routes=FEW_ROUTES,
+                              run_args=("--workers", str(n)))  # fmt: skip
+            started.append(proxy.start(env))
+            if n > 1:
+                wait_for_workers(proxy, n)
+        runs = interleaved(
+            started, target, n=args.requests, clients=args.concurrency, rounds=args.rounds,
+            warmup=warmup, after_run=api.reset,
+        )  # fmt: skip
+        spread = {p.name: worker_connections(p) for p in started}
+    finally:
+        for proxy in started:
             proxy.stop()
-        s = summarize(runs[name])
-        base = s.rps if n == 1 else base
-        lines.append(f"workers {n}: {s.rps:7.0f} req/s ({s.rps / base:.2f}x one worker), "
-                     f"p50 {s.p50_ms:.2f} ms")  # fmt: skip
-    return lines
+    summaries = [summarize(runs[p.name]) for p in started]
+    for p in started:
+        for run in runs[p.name]:
+            failures += check_statuses(run, 200, "every worker injects the shared token")
+    base = summaries[0]
+    lines = [
+        f"workers 1..{counts[-1]} ({args.concurrency} keep-alive clients; this machine has "
+        f"{n_cores} core(s), and the load generator (this process: client threads, API, IdP) "
+        "competes with the workers for all of them; best of "
+        f"{args.rounds} interleaved round(s))",
+        *table_lines(summaries),
+    ]
+    for n, s in zip(counts, summaries, strict=True):
+        split = spread.get(s.name) or {}
+        where = (", connections per worker " + " / ".join(str(v) for _, v in sorted(split.items()))
+                 if split else "")  # fmt: skip
+        lines.append(f"workers {n}: {s.rps:7.0f} req/s ({s.rps / base.rps:.2f}x one worker), "
+                     f"p50 {s.p50_ms:.2f} ms, proxy {s.busy[0]:.0f}% + client {s.busy[1]:.0f}% "
+                     f"of a core{where}")  # fmt: skip
+    return lines, failures
+
+
+def _status_session(proxy: ProxyProcess) -> requests.Session:
+    s = requests.Session()
+    s.trust_env = False
+    s.proxies = {"http": proxy.url}
+    return s
+
+
+def wait_for_workers(proxy: ProxyProcess, n: int, timeout: float = 60.0) -> None:
+    """Until every worker listens (else early keep-alive connections all go to the first)."""
+    deadline = time.monotonic() + timeout
+    with _status_session(proxy) as s:
+        while time.monotonic() < deadline:
+            try:
+                if f"\nauthproxy_workers {n}\n" in s.get(STATUS_METRICS, timeout=5).text:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)  # polling another process's state
+    raise BenchError(f"{proxy.name}: not all {n} workers listened within {timeout:g}s")
+
+
+def worker_connections(proxy: ProxyProcess) -> dict[str, int]:
+    """Client connections per worker so far (warm-up included), from /metrics."""
+    with _status_session(proxy) as s:
+        try:
+            text = s.get(STATUS_METRICS, timeout=5).text
+        except requests.RequestException:
+            return {}
+    prefix = 'authproxy_worker_connections_total{worker="'
+    return {
+        line[len(prefix):].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
 
 
 if __name__ == "__main__":

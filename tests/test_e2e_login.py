@@ -150,7 +150,8 @@ def test_proxy_says_which_command_to_run_then_picks_up_the_login(
     r = s.get(url_api, timeout=30)
     assert r.status_code == 502
     assert r.json()["reason"] == "needs_login"
-    assert r.json()["hint"] == "run: authproxy login api"
+    # The proxy was started with --config: the advice works as printed, from any directory.
+    assert r.json()["hint"] == f"run: authproxy --config {proxy.config_path} login api"
 
     cli = Cli(_write(tmp_path, config), "login", "api")
     sign_in(_auth_url(cli), username=USER, password=PASSWORD, ca=str(pki.ca_cert))

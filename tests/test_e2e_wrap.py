@@ -33,12 +33,12 @@ HTTPIE = Path(sys.executable).parent / "http"
 _OWN_SETTINGS = {
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
     "AWS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "NODE_OPTIONS", "NODE_USE_ENV_PROXY", "WGETRC",
-    "AUTHPROXY_CONFIG", "GIT_DIR", "GIT_WORK_TREE",
+    "AUTHPROXY_CONFIG", "GIT_DIR", "GIT_WORK_TREE", "JAVA_TOOL_OPTIONS",
 }  # fmt: skip
 VARIABLES = (
     "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy",
     "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "AWS_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS", "WGETRC", "NODE_USE_ENV_PROXY", "NODE_OPTIONS",
+    "NODE_EXTRA_CA_CERTS", "WGETRC", "NODE_USE_ENV_PROXY", "NODE_OPTIONS", "JAVA_TOOL_OPTIONS",
 )  # fmt: skip
 
 
@@ -55,6 +55,7 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     env.update(
         HOME=str(home),
         XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_STATE_HOME=str(home / ".local" / "state"),
         PYTHONPATH=str(HOSTS),
         AUTHPROXY_KEY="",
         GIT_CONFIG_NOSYSTEM="1",
@@ -193,6 +194,8 @@ def awkward_proxy(
     work.mkdir()
     config = base_config(work, pki, idp, [route("api.example.test", api.port)])
     proxy = Proxy(work, {**config, "proxy_auth": "user:p@ss w'ord"})
+    # A literal $ in the config is written $$ (a lone $ is an error, not kept literally).
+    proxy.config_path.write_text(proxy.config_path.read_text().replace("$", "$$"))
     proxies.append(proxy)
     return proxy.start()
 
@@ -201,7 +204,7 @@ def test_env_for_sh_points_curl_wget_and_node_at_the_proxy(
     awkward_proxy: Proxy, tmp_path: Path, pki: Pki, api: ApiServer
 ) -> None:
     proxy = awkward_proxy
-    env = clean_env(tmp_path / "home")
+    env = clean_env(proxy.workdir / "home")  # the generated files go below an awkward HOME
     authproxy = [sys.executable, "-m", "proxy_addon", "--config", str(proxy.config_path)]
     out = subprocess.run(
         [*authproxy, "env"], capture_output=True, text=True, env=env, timeout=60, check=True
@@ -211,7 +214,12 @@ def test_env_for_sh_points_curl_wget_and_node_at_the_proxy(
     url = f"http://user:p%40ss%20w%27ord@127.0.0.1:{proxy.port}"
     assert {values[k] for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")} == {url}
     assert values["NO_PROXY"] == values["no_proxy"] == "localhost,127.0.0.1,::1"
-    bundle = proxy.confdir / "authproxy-ca-bundle.pem"
+    bundle = Path(values["SSL_CERT_FILE"])
+    assert bundle.name == "authproxy-ca-bundle.pem"
+    assert bundle.parent.parent == proxy.workdir / "home" / ".local" / "state" / "authproxy" / (
+        "clients"
+    )
+    assert not (proxy.confdir / "authproxy-ca-bundle.pem").exists()  # not in mitmproxy's dir
     for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
                  "AWS_CA_BUNDLE"):  # fmt: skip
         assert values[name] == str(bundle)
@@ -243,7 +251,7 @@ def test_env_for_sh_points_curl_wget_and_node_at_the_proxy(
 
 def test_env_for_fish_and_powershell(awkward_proxy: Proxy, tmp_path: Path, api: ApiServer) -> None:
     proxy = awkward_proxy
-    env = clean_env(tmp_path / "home")
+    env = clean_env(proxy.workdir / "home")  # the generated files go below an awkward HOME
     authproxy = [sys.executable, "-m", "proxy_addon", "--config", str(proxy.config_path)]
 
     def run(*args: str) -> str:

@@ -113,7 +113,7 @@ def test_one_damaged_row_stops_only_its_credential(start_proxy, idp, api, tmp_pa
         assert idp.token_requests == 2  # a damaged row is not papered over with a new token
 
         t = run_cli("--config", str(second.config_path), "tokens", "--json")
-        assert t.returncode == 0, t.stderr
+        assert t.returncode == 1, t.stderr  # a credential needs help: as `gh auth status`
         views = {v["name"]: v for v in json.loads(t.stdout)}
         # "damaged" from the store, or "failing" when the running proxy has tried it already.
         assert views["a"]["state"] in ("damaged", "failing")

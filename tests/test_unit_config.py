@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import certifi
 import pytest
 
 from proxy_addon.config import (
@@ -188,14 +189,17 @@ def test_repr_hides_secrets() -> None:
         ("$${A}", {}, "${A}"),  # an escaped reference stays literal
         ("$$$${A}", {}, "$${A}"),
         ("$$${A}", {"A": "x"}, "$x"),
-        ("$A", {}, "$A"),  # only ${...} is a reference
+        ("${A:-d}", {}, "d"),
+        ("${A:-d}", {"A": ""}, "d"),
+        ("${A-d}", {"A": ""}, ""),
+        ("${A:?say}", {"A": "x"}, "x"),
         ("${A}", {"A": "${B}"}, "${B}"),  # values are not expanded again
         ("${A}", {"A": ""}, ""),
     ],
 )
 def test_env_expansion(written: str, env: dict[str, str], expected: str) -> None:
-    cfg = parse({"store": {"path": f"/x/{written}"}}, env)
-    assert cfg.store.path == Path(f"/x/{expected}")
+    cfg = parse({"store": {"path": f"/x/{written}/db"}}, env)
+    assert cfg.store.path == Path(f"/x/{expected}/db")
 
 
 def test_env_expansion_in_lists_and_maps() -> None:
@@ -643,7 +647,7 @@ def test_credential_names() -> None:
 
 
 def test_relative_paths_resolved_against_base_dir(tmp_path: Path) -> None:
-    (tmp_path / "ca.pem").write_text("x")
+    (tmp_path / "ca.pem").write_text(Path(certifi.where()).read_text())
     cfg = parse_config(
         {
             "ca_certs": ["ca.pem"],
@@ -664,7 +668,7 @@ def test_relative_paths_resolved_against_base_dir(tmp_path: Path) -> None:
 
 
 def test_missing_ca_cert(tmp_path: Path) -> None:
-    (tmp_path / "a.pem").write_text("x")
+    (tmp_path / "a.pem").write_text(Path(certifi.where()).read_text())
     with pytest.raises(ConfigError) as info:
         parse_config({"ca_certs": ["a.pem", "b.pem"]}, SOURCE, env={}, base_dir=tmp_path)
     assert_error(

@@ -344,3 +344,20 @@ def test_route_table_https_only_match(host: str, path: str, expected: int | None
 )
 def test_route_table_intercepts(host: str, port: int, expected: bool) -> None:
     assert TABLE.intercepts(host, port) is expected
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/..%252fadmin", "/v1/%252e%252e/admin", "/v1/%u002e%u002e/admin", "/v1/..%c0%afadmin",
+     "/v1/%C1%9cadmin"],
+)  # fmt: skip
+def test_paths_a_lenient_server_may_read_outside_the_prefix_match_no_prefix_route(
+    path: str,
+) -> None:
+    table = RouteTable((Route(0, "api", "api.example.com", 443, "https", "/v1"),))
+    assert table.match("https", "api.example.com", 443, path) is None
+
+
+def test_a_twice_encoded_path_that_stays_inside_the_prefix_still_matches() -> None:
+    table = RouteTable((Route(0, "api", "api.example.com", 443, "https", "/v1"),))
+    assert table.match("https", "api.example.com", 443, "/v1/a%2520b") is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -163,11 +164,26 @@ def _demo(work: Path, parts: _Parts, once: bool) -> int:
         )
     print("\nTry it yourself:")
     print(f"  curl --proxy {proxy} --cacert {ca_file} {url}")
+    print(demo_reuse_text(config, url, secret))
     if once:
         return 0 if r.ok and r.json().get("token_fp") else 1
     print("\nThe proxy keeps running; press Ctrl-C to stop.", flush=True)
     proc.wait()
     return 0
+
+
+def demo_reuse_text(config: Path, url: str, secret: str) -> str:
+    """How to use the running demo from another terminal (while it runs: the directory and
+    the OAuth server go when it stops)."""
+    cli = f"authproxy --config {shlex.quote(str(config))}"
+    return (
+        "\nFrom another terminal, while the demo runs:\n"
+        f'  eval "$({cli} env)"; curl {url}\n'
+        f"  {cli} tokens\n"
+        "Commands that ask the OAuth server themselves (refresh, login, a second proxy) also "
+        "need its client secret, a throwaway of this demo:\n"
+        f"  export AUTHPROXY_DEMO_SECRET={shlex.quote(secret)}"
+    )
 
 
 def _die_with_parent() -> None:

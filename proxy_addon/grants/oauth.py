@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from .. import hints
 from ..discovery import Endpoints, endpoints_for
 from ..dpop import NonceCache, nonce_asked, proof
 from ..errors import GrantError
@@ -196,7 +197,6 @@ class OAuthGrant:
     def needs_login(self) -> GrantError:
         return GrantError(
             "needs_login",
-            f"credential {self.name!r} has no usable refresh token: run `authproxy login "
-            f"{self.name}`",
+            f"credential {self.name!r} has no usable refresh token: run `{hints.login(self.name)}`",
             terminal=True,
         )

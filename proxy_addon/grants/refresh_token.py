@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import hints
 from ..errors import GrantError
 from .oauth import OAuthGrant
 
@@ -27,7 +28,7 @@ class RefreshTokenGrant(OAuthGrant):
             raise GrantError(
                 "needs_login",
                 f"credential {self.name!r} has no refresh token: set refresh_token in its config "
-                f"or run `authproxy login {self.name}`",
+                f"or run `{hints.login(self.name)}`",
                 terminal=True,
             )
         return self.refresh(refresh_token, previous)

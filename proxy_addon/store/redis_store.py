@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -93,7 +94,9 @@ def open_redis(cfg: StoreConfig, env: Mapping[str, str], create: bool = True) ->
             "store.key_file)"
         )
     keyring = load_keys(key_file, env, create=False)
-    store = RedisStore(settings, Sealer(keyring))
+    # Read again when a row does not decrypt: `authproxy rotate-key` by another member.
+    reread = functools.partial(load_keys, key_file, env, create=False)
+    store = RedisStore(settings, Sealer(keyring, reread=reread))
     try:
         store.check()
     except BaseException:

@@ -14,6 +14,7 @@ names itself through `where` ("/home/u/.local/state/authproxy/tokens.db",
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from .base import StoreError
 from .keys import Keyring
 
 __all__ = ["CorruptRowError", "DamagedRowError", "Sealer", "UndecryptableError", "credential_name"]
+
+log = logging.getLogger(__name__)
 
 
 class UndecryptableError(StoreError):
@@ -39,16 +42,22 @@ class DamagedRowError(UndecryptableError):
     (or was written with a key since dropped from the keyring), not the whole store."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sealer:
-    """Seals tokens under the keyring's newest key; opens rows sealed under any of its keys."""
+    """Seals tokens under the keyring's newest key; opens rows sealed under any of its keys.
+
+    With `reread` (how the keyring was loaded), a row no key decrypts makes the sealer load
+    the keys again before it gives up: a running proxy follows `authproxy rotate-key` (which
+    re-encrypts every row under a new key) instead of failing once its token is due.
+    """
 
     keyring: Keyring
     where: str = "the token store"  # the store, as error messages name it
+    reread: Callable[[], Keyring] | None = None
 
     def at(self, where: str) -> Sealer:
         """The same keys, naming the store `where` in its messages."""
-        return Sealer(self.keyring, where)
+        return Sealer(self.keyring, where, self.reread)
 
     def seal(self, key: str, token: Token) -> bytes:
         envelope = json.dumps({"credential": key, "token": token.to_json()}, separators=(",", ":"))
@@ -62,7 +71,12 @@ class Sealer:
         try:
             plaintext = self.keyring.fernet.decrypt(bytes(sealed))
         except InvalidToken:
-            raise self.unreadable(key, others) from None
+            if not self._keys_changed():
+                raise self.unreadable(key, others) from None
+            try:
+                plaintext = self.keyring.fernet.decrypt(bytes(sealed))
+            except InvalidToken:
+                raise self.unreadable(key, others) from None
         try:
             envelope = json.loads(plaintext)
             if not isinstance(envelope, dict) or envelope.get("credential") != key:
@@ -86,20 +100,41 @@ class Sealer:
     def unreadable(self, key: str, others: Callable[[], Iterable[bytes]]) -> StoreError:
         """Why no key decrypts `key`'s row: a damaged row, if the key reads another row;
         otherwise (presumably) a store written with another key."""
+        # Never advise deleting a token a key could still open: a key dropped from the keyring,
+        # or a store written with another key, is fixed by the key, not by `logout`.
         if self._reads_any(others()):
             return DamagedRowError(
-                f"the stored token of {_describe(key)} in {self.where} is damaged: it "
-                f"cannot be decrypted, although the key from {self.keyring.source} reads the "
-                "store's other rows (or it was written with a key no longer in the keyring). "
-                f"Run `authproxy logout {credential_name(key)}` to discard it, then log in "
-                "again if the credential needs a sign-in"
+                f"the stored token of {_describe(key)} in {self.where} is damaged, or was "
+                "written with a key since removed from the keyring: it cannot be decrypted, "
+                f"although the key from {self.keyring.source} reads the store's other rows. "
+                "If a key was removed, put it back (as a later line of the key file, or entry "
+                f"of AUTHPROXY_KEY); otherwise `authproxy logout {credential_name(key)}` "
+                "discards the damaged row"
             )
         return UndecryptableError(
             f"cannot decrypt the stored token of {_describe(key)} in {self.where} with "
             f"any key from {self.keyring.source}: the store was written with a different key. "
-            "Set AUTHPROXY_KEY to the key this store was written with, or run "
-            f"`authproxy logout {credential_name(key)}` to discard the stored token"
+            "Use the key this store was written with: restore the key file, or set "
+            "AUTHPROXY_KEY to it (a running proxy reads a changed key file by itself)"
         )
+
+    def _keys_changed(self) -> bool:
+        """Load the keys again; True when they differ (and are now used)."""
+        if self.reread is None:
+            return False
+        try:
+            fresh = self.reread()
+        except StoreError as e:
+            log.warning("%s: cannot read the token store key again: %s", self.where, e)
+            return False
+        if fresh.keys == self.keyring.keys:
+            return False
+        log.info(
+            "%s: the token store key changed (%s, %d key(s)); using the new keys",
+            self.where, fresh.source, len(fresh.keys),
+        )  # fmt: skip
+        self.keyring = fresh
+        return True
 
     def _reads_any(self, rows: Iterable[bytes]) -> bool:
         for sealed in rows:

@@ -9,6 +9,7 @@ token the IdP has rotated exists nowhere else, so losing the commit would lose t
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -677,4 +678,6 @@ def open_sqlite(cfg: StoreConfig, env: Mapping[str, str], create: bool = True) -
     # later start fail with "a different key".
     rows = stored_rows(db_path)
     keyring = load_keys(key_file, env, db_path=db_path, create=create, stored_rows=rows)
-    return SqliteStore(db_path, keyring, create=create)
+    # Read again when a row does not decrypt: `authproxy rotate-key` by another process.
+    reread = functools.partial(load_keys, key_file, env, db_path=db_path, create=False)
+    return SqliteStore(db_path, Sealer(keyring, reread=reread), create=create)

@@ -120,7 +120,7 @@ class AuthProxy:
         self._cert_routes: tuple[Route, ...] = ()  # routes with a client certificate (mTLS)
         self.metrics = Metrics()
         self.health = HealthProbe()
-        self.status_page = StatusPage(lambda: self.runtime, self.metrics)
+        self.status_page = StatusPage(lambda: self.runtime, lambda: self.metrics)
         self.audit = Audit(lambda: self.runtime.config.audit_log if self.runtime else None)
         self.addons = [self.status_page, self.audit]  # mitmproxy loads these as our children
         # Called with each flow once its token is redacted (the web UI adds it to its view then).

@@ -29,8 +29,11 @@ __all__ = ["StatusPage"]
 
 
 class StatusPage:
-    def __init__(self, runtime: Callable[[], Runtime | None], metrics: Metrics) -> None:
-        self._runtime, self.metrics = runtime, metrics
+    def __init__(
+        self, runtime: Callable[[], Runtime | None], metrics: Callable[[], Metrics]
+    ) -> None:
+        # Both read at each request: a reload replaces the runtime, `--workers` the metrics.
+        self._runtime, self._metrics = runtime, metrics
 
     def _secrets(self) -> list[str]:
         rt = self._runtime()
@@ -41,13 +44,14 @@ class StatusPage:
         views = await self.credential_views()
         rt = self._runtime()
         refreshes = {n: c.refreshes for n, c in rt.caches.items()} if rt else {}
+        m = self._metrics()
         info = console_info(
-            rt, self.metrics, self._secrets(),
+            rt, m, self._secrets(),
             listen=(ctx.options.listen_host, ctx.options.listen_port),
             config=ctx.options.authproxy_config,
         )  # fmt: skip
-        counters = self.metrics.snapshot(refreshes)
-        metrics = self.metrics.prometheus(refreshes, views)
+        counters = m.snapshot(refreshes)
+        metrics = m.prometheus(refreshes, views)
         return status_response(path, views, counters, metrics, info=info)
 
     async def credential_views(self) -> list[CredentialView]:

@@ -79,3 +79,18 @@ def test_audit_log_from_the_config_then_the_option_then_closed_at_done(tmp_path:
         assert audit.log is not None and audit.log.path == tmp_path / "option.jsonl"
         audit.done()
         assert audit.log is None
+
+
+@in_process
+async def test_status_page_reads_the_metrics_the_proxy_has_now() -> None:
+    """`run --workers` swaps the proxy's Metrics for cluster-wide ones after start-up."""
+    from proxy_addon.metrics import Metrics
+
+    async with rig_context() as rig:
+        swapped = Metrics()
+        swapped.inc("injected", "api")
+        swapped.inc("injected", "api")
+        rig.addon.metrics = swapped
+        flow = await rig.send(_status_flow("/metrics"))
+        assert flow.response is not None
+        assert 'authproxy_injected_total{credential="api"} 2' in (flow.response.text or "")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from harness import CLIENT_ID, CLIENT_SECRET, Proxy
 
+from proxy_addon import hints
 from proxy_addon.demo.api import ApiServer
 from proxy_addon.demo.certs import Pki, make_pki
 from proxy_addon.demo.idp import AuthServer
@@ -48,6 +49,14 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def _no_config_hint_between_tests() -> Iterator[None]:
+    """Commands run in-process set the --config that messages name (hints.use_config); one
+    test's must not show up in the next test's messages."""
+    yield
+    hints.use_config(None)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -156,10 +157,9 @@ def test_proxy_says_which_command_to_run_then_picks_up_the_login(
     cli = Cli(_write(tmp_path, config), "login", "api")
     sign_in(_auth_url(cli), username=USER, password=PASSWORD, ca=str(pki.ca_cert))
     assert cli.finish()[0] == 0
-    for _ in range(400):  # the running proxy looks at the store again within seconds
-        r = s.get(url_api, timeout=30)
-        if r.status_code == 200:
-            break
+    deadline = time.monotonic() + 20  # the running proxy looks at the store again within seconds
+    while (r := s.get(url_api, timeout=30)).status_code != 200 and time.monotonic() < deadline:
+        pass
     assert r.status_code == 200
 
 

@@ -151,8 +151,8 @@ def algorithm_for(private_key: PrivateKey, wanted: str | None, *, key: str) -> s
     return wanted
 
 
-def cert_thumbprint(path: str, *, key: str) -> str:
-    """`x5t#S256` (RFC 7515 §4.1.8, RFC 8705 §3.1): base64url SHA-256 of the certificate's DER."""
+def load_certificate(path: str, *, key: str) -> x509.Certificate:
+    """The PEM certificate at `path`; errors name the config `key` and the file."""
     p = Path(path).expanduser()
     try:
         data = p.read_bytes()
@@ -161,9 +161,14 @@ def cert_thumbprint(path: str, *, key: str) -> str:
     except OSError as e:
         raise KeyFileError(f"{key}: cannot read {p}: {e.strerror}") from None
     try:
-        cert = x509.load_pem_x509_certificate(data)
+        return x509.load_pem_x509_certificate(data)
     except ValueError:
         raise KeyFileError(f"{key}: {p} holds no PEM certificate") from None
+
+
+def cert_thumbprint(path: str, *, key: str) -> str:
+    """`x5t#S256` (RFC 7515 §4.1.8, RFC 8705 §3.1): base64url SHA-256 of the certificate's DER."""
+    cert = load_certificate(path, key=key)
     digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
@@ -220,16 +225,7 @@ def _check_pair_cached(cert: str, key: str, stamps: tuple[tuple[int, ...], ...])
             f"decrypted and owner-only (openssl pkey -in {key} -out new.pem; chmod 600 new.pem)"
         )
     private_key = parse_private_key(pem, key="client_key_file")
-    try:
-        data = Path(cert).read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(f"client_certificate_file: no such file: {cert}") from None
-    except OSError as e:
-        raise KeyFileError(f"client_certificate_file: cannot read {cert}: {e.strerror}") from None
-    try:
-        certificate = x509.load_pem_x509_certificate(data)
-    except ValueError:
-        raise KeyFileError(f"client_certificate_file: {cert} holds no PEM certificate") from None
+    certificate = load_certificate(cert, key="client_certificate_file")
     if certificate.public_key() != private_key.public_key():
         raise KeyFileError(
             f"client_certificate_file: {cert} is not the certificate of client_key_file {key}"

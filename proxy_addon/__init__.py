@@ -2,7 +2,8 @@
 
 What lives here, bottom to top:
 - shared types and pure helpers that import nothing of ours: `errors` (GrantError,
-  TokenUnavailable), `state` (CredentialState), `netutil`, `pem`, `sanitize`, `tokens`, `routes`;
+  TokenUnavailable), `state` (CredentialState), `netutil`, `pem`, `sanitize`, `tokens`, `routes`,
+  `yamlconf` (the typed YAML reader under config.py's schema);
 - pure rules over plain data or one flow: `retry`, `decision`, `guards`, `redact`, `replies`,
   `status`, `statuspage`, `metrics`; they may import the layer below, never the cache, the store
   or the grants (tests/test_unit_layering.py checks the import graph);

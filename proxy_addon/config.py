@@ -1,14 +1,14 @@
-"""The configuration file: locating it, reading it, and turning it into typed, checked settings.
+"""The configuration file: locating it, and turning it into typed, checked settings (the schema).
 
-Everything here is pure apart from `load_config` (reads a file) and `config_path` (looks at the
-environment), so that the rules are easy to test. Every error names the file, the key path
-(``routes[2].host``) and what was expected.
+Reading YAML, `${VAR}` references and typed access with key paths are `yamlconf`'s, which knows
+nothing of authproxy. Everything here is pure apart from `load_config` (reads a file) and
+`config_path` (looks at the environment), so that the rules are easy to test. Every error names
+the file, the key path (``routes[2].host``) and what was expected.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -18,10 +18,8 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit
-
-import yaml
 
 from .grants.base import ConfigRules
 from .grants.client_auth import METHODS as CLIENT_AUTH_METHODS
@@ -31,6 +29,18 @@ from .present import BEARER, parse_present
 from .providers import PRESETS
 from .routes import Route, RouteTable, normalize_host
 from .tokens import fingerprint
+from .yamlconf import (
+    ConfigError,
+    Reader,
+    Unavailable,
+    UniqueKeyLoader,
+    Verbatim,
+    kind_of,
+    load_yaml,
+    missing_error,
+    missing_variables,
+    unavailable,
+)
 
 __all__ = [
     "Config",
@@ -41,22 +51,17 @@ __all__ = [
     "config_path",
     "load_config",
     "parse_config",
+    "unavailable",
 ]
+
+# The YAML loader, here too for tests that check which parser reads the config.
+_UniqueKeyLoader = UniqueKeyLoader
 
 STORE_KEY_SEPARATOR = "#"
 # Authorization parameters that change the sign-in page, not the token: left out of identity.
 _UI_ONLY_PARAMS = frozenset({"prompt", "login_hint", "ui_locales", "display", "max_age"})
 EXISTING_AUTH = ("replace", "keep", "reject")
 REFRESH_TIMEOUT_FACTOR = 3  # refresh-token requests get this many times idp_timeout
-
-
-class ConfigError(Exception):
-    """The configuration is wrong. str() says where and what was expected."""
-
-    def __init__(self, source: str, key: str, message: str) -> None:
-        self.source, self.key, self.message = source, key, message
-        where = f"{source}: {key}" if key else source
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,268 +246,11 @@ def load_config(
         ) from None
     except OSError as e:
         raise ConfigError(source, "", f"cannot read: {e.strerror}") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(source, "", f"not valid YAML: {where}{problem}") from None
+    data = load_yaml(text, source)
     return parse_config(data, source, env, base_dir=path.parent, need_secrets=need_secrets)
 
 
-# --- reading ---------------------------------------------------------------------------------
-
-# libyaml's parser when PyYAML was built with it: a config of 10 000 routes parses 6x faster.
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _UniqueKeyLoader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """A safe loader that refuses a key given twice in one mapping: YAML keeps the last one
-    silently, so a second `client_secret:` or `routes:` would win without a word."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, yaml.Node] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if isinstance(key, list | dict):
-                continue  # unhashable: the base class reports it
-            if key in seen and key != "<<":
-                first = seen[key].start_mark.line + 1
-                raise yaml.constructor.ConstructorError(
-                    None, None,
-                    f"duplicate key {key!r} (first given on line {first})",
-                    key_node.start_mark,
-                )  # fmt: skip
-            seen[key] = key_node
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
-
-
-# $$ (a literal $), ${VAR}, ${VAR:-default} / ${VAR-default} (default when unset or empty /
-# unset), ${VAR:?message} / ${VAR?message} (an error when unset or empty / unset), as Docker
-# Compose reads them. Any other $ is an error: kept literally it would hide a typo.
-_ENV_REF = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|)")
-
-
-class MissingVariable(NamedTuple):
-    name: str
-    key: str  # where in the file
-    message: str | None  # the config's own (${VAR:?message})
-
-
-def expand_env(value: str, env: Mapping[str, str], source: str, key: str) -> str:
-    """Replace the environment references of `value` (see _ENV_REF). Raises ConfigError for
-    a missing variable or a `$` of another form."""
-    missing = env_problems(value, env, source, key)
-    if missing:
-        raise _missing_error(source, missing)
-    return _ENV_REF.sub(lambda m: _substitute(m, env) or "", value)
-
-
-def env_problems(
-    value: str, env: Mapping[str, str], source: str, key: str
-) -> list[MissingVariable]:
-    """The variables `value` needs that are missing; raises ConfigError for a malformed `$`."""
-    missing = []
-    for m in _ENV_REF.finditer(value):
-        if m.group(1) is None and m.group(2) is None:
-            raise ConfigError(
-                source, key,
-                f"unsupported '$' at {value[m.start():m.start() + 12]!r}: write ${{VAR}}, "
-                "${VAR:-default} or ${VAR:?message} for an environment variable, $$ for a "
-                "literal $",
-            )  # fmt: skip
-        if m.group(2) is not None and _substitute(m, env) is None:
-            op, arg = m.group(3), m.group(4)
-            message = arg if op and op.endswith("?") and arg else None
-            missing.append(MissingVariable(m.group(2), key, message))
-    return missing
-
-
-def _substitute(m: re.Match[str], env: Mapping[str, str]) -> str | None:
-    """The text for one reference; None when its variable is missing (and has no default)."""
-    if m.group(1) is not None:
-        return "$"
-    name, op, arg = m.group(2), m.group(3), m.group(4)
-    value = env.get(name)
-    unset = value is None or (value == "" and op is not None and op.startswith(":"))
-    if not unset:
-        return value
-    if op is not None and op.endswith("-"):
-        return arg
-    return None
-
-
-def _missing_error(source: str, missing: list[MissingVariable]) -> ConfigError:
-    if len(missing) == 1:
-        v = missing[0]
-        why = f": {v.message}" if v.message else ""
-        return ConfigError(source, v.key, f"environment variable {v.name} is not set{why}")
-    parts = [f"{v.name} (for {v.key}{': ' + v.message if v.message else ''})" for v in missing]
-    return ConfigError(source, "", f"environment variables not set: {', '.join(parts)}")
-
-
-def _all_missing(
-    data: Any, env: Mapping[str, str], source: str, path: str = ""
-) -> list[MissingVariable]:
-    """Every missing variable of the file at once, before parsing stops at the first."""
-    if isinstance(data, str):
-        return env_problems(data, env, source, path or "(top level)")
-    found: list[MissingVariable] = []
-    if isinstance(data, dict):
-        for k, v in data.items():
-            found += _all_missing(v, env, source, f"{path}.{k}" if path else str(k))
-    elif isinstance(data, list):
-        for i, v in enumerate(data):  # a list of strings (scopes) is named as a whole
-            found += _all_missing(v, env, source, path if isinstance(v, str) else f"{path}[{i}]")
-    return found
-
-
-class _Reader:
-    """Typed access to one mapping of the file, with key paths for error messages."""
-
-    def __init__(
-        self, data: Any, source: str, path: str, env: Mapping[str, str], *, lenient: bool = False
-    ) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(
-                source, path or "(top level)", f"expected a mapping, got {_kind(data)}"
-            )
-        self.data, self.source, self.path, self.env = data, source, path, env
-        self.lenient = lenient  # a missing secret is left unavailable (need_secrets=False)
-        self._seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self.source, self.key(name), message)
-
-    def raw(self, name: str) -> Any:
-        self._seen.add(name)
-        value = self.data.get(name)
-        if isinstance(value, str) and not isinstance(value, _Literal):
-            if (
-                self.lenient
-                and name in _SECRET_KEYS
-                and env_problems(value, self.env, self.source, self.key(name))
-            ):
-                return Unavailable(f"<{name} not available>")
-            return expand_env(value, self.env, self.source, self.key(name))
-        return value
-
-    def has(self, name: str) -> bool:
-        return self.data.get(name) is not None
-
-    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
-        value = self.raw(name)
-        if value is None:
-            if required:
-                others = [str(k) for k in self.data if k != name]
-                typo = difflib.get_close_matches(name, others, n=1, cutoff=0.85)
-                hint = f" (is {typo[0]!r} a typo of it?)" if typo else ""
-                raise self.error(name, "is required" + hint)
-            return default
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise self.error(name, f"expected a string, got {_kind(value)}")
-        text = value if isinstance(value, str) else str(value)  # keeps Unavailable
-        if required and not text:
-            raise self.error(name, "must not be empty")
-        return text
-
-    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.text(name, default)
-        if value not in choices:
-            raise self.error(name, f"expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            number = float(value) if not isinstance(value, bool) else None
-        except (TypeError, ValueError):
-            number = None
-        if number is None or math.isnan(number) or number < minimum:
-            raise self.error(name, f"expected a number >= {minimum:g}, got {value!r}")
-        return number
-
-    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            number = int(value) if not isinstance(value, bool | float) else None
-        except (TypeError, ValueError):
-            number = None
-        if number is None or not minimum <= number <= maximum:
-            raise self.error(
-                name, f"expected a whole number from {minimum} to {maximum}, got {value!r}"
-            )
-        return number
-
-    def bool(self, name: str, default: bool) -> bool:
-        value = self.raw(name)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self.error(name, f"expected true or false, got {value!r}")
-        return value
-
-    def words(self, name: str) -> tuple[str, ...]:
-        """A list of strings, or one space-separated string (as OAuth scopes are written)."""
-        value = self.raw(name)
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            return tuple(value.split())
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(expand_env(v, self.env, self.source, self.key(name)) for v in value)
-        raise self.error(name, f"expected a list of strings, got {_kind(value)}")
-
-    def with_defaults(self, defaults: Mapping[str, Any]) -> _Reader:
-        """This mapping over a preset's values; keys the preset brings are never 'unknown'."""
-        merged = _Reader(
-            {**defaults, **self.data}, self.source, self.path, self.env, lenient=self.lenient
-        )
-        merged._seen |= self._seen | (set(defaults) - set(self.data))
-        return merged
-
-    def section(self, name: str) -> _Reader:
-        self._seen.add(name)
-        value = self.data.get(name)
-        return _Reader(
-            {} if value is None else value, self.source, self.key(name), self.env,
-            lenient=self.lenient,
-        )  # fmt: skip
-
-    def string_map(self, name: str) -> dict[str, str]:
-        sub = self.section(name)
-        return {k: sub.text(k, required=True) or "" for k in sub.data}
-
-    def done(self, allowed_also: tuple[str, ...] = ()) -> None:
-        """Refuse keys nobody read: a typo must not silently turn a setting off."""
-        unknown = [k for k in self.data if k not in self._seen and k not in allowed_also]
-        if unknown:
-            raise self.error(str(unknown[0]), "unknown key" + _suggest(str(unknown[0]), self))
-
-
-class _Literal(str):
-    """A value read from a secret file: taken as it is, never expanded."""
-
-    __slots__ = ()
-
-
-class Unavailable(_Literal):
-    """A secret that a command loading with need_secrets=False could not read; never sent."""
-
-    __slots__ = ()
-
-
-def unavailable(value: object) -> bool:
-    """Is this config value a secret left unread (load_config's need_secrets=False)?"""
-    return isinstance(value, Unavailable)
+# --- secrets -----------------------------------------------------------------------------------
 
 
 def _is_secret_key(key: str) -> bool:
@@ -520,9 +268,7 @@ _SECRET_KEYS = frozenset(
 MAX_SECRET_FILE = 64 * 1024
 
 
-def _secrets_from_files(
-    r: _Reader, keys: frozenset[str], resolve: Callable[[str], Path]
-) -> _Reader:
+def _secrets_from_files(r: Reader, keys: frozenset[str], resolve: Callable[[str], Path]) -> Reader:
     """`r` with each `<key>_file:` replaced by `<key>:` holding the file's text."""
     files = [k for k in keys if f"{k}_file" in r.data]
     if not files:
@@ -534,15 +280,13 @@ def _secrets_from_files(
             raise r.error(file_key, f"give either {key} or {file_key}, not both")
         try:
             path = resolve(r.text(file_key, required=True) or "")
-            data[key] = _Literal(read_secret_file(path, r.source, r.key(file_key)))
+            data[key] = Verbatim(read_secret_file(path, r.source, r.key(file_key)))
         except ConfigError:
-            if not (r.lenient and key in _SECRET_KEYS):
+            if key not in r.lenient_keys:
                 raise
             data[key] = Unavailable(f"<{key} not available>")
         del data[file_key]
-    out = _Reader(data, r.source, r.path, r.env, lenient=r.lenient)
-    out._seen |= r._seen
-    return out
+    return r.with_data(data)
 
 
 def read_secret_file(path: Path, source: str, key: str) -> str:
@@ -579,19 +323,6 @@ def read_secret_file(path: Path, source: str, key: str) -> str:
     return text
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _suggest(name: str, reader: _Reader) -> str:
-    close = difflib.get_close_matches(name, sorted(reader._seen), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 # --- the schema --------------------------------------------------------------------------------
 
 
@@ -605,12 +336,14 @@ def parse_config(
 ) -> Config:
     if data is None:
         data = {}
-    missing = _all_missing(data, env, source)
+    missing = missing_variables(data, env, source)
     if not need_secrets:
         missing = [v for v in missing if not _is_secret_key(v.key)]
     if missing:
-        raise _missing_error(source, missing)
-    top = _Reader(data, source, "", env, lenient=not need_secrets)
+        raise missing_error(source, missing)
+    # Without need_secrets, a secret whose variable or file is missing is left Unavailable.
+    lenient = frozenset() if need_secrets else _SECRET_KEYS
+    top = Reader(data, source, "", env, lenient_keys=lenient)
     resolve = _path_resolver(base_dir)
     top = _secrets_from_files(top, frozenset({"proxy_auth"}), resolve)
 
@@ -672,7 +405,7 @@ def _path_resolver(base_dir: Path | None) -> Callable[[str], Path]:
     return resolve
 
 
-def _parse_listen(top: _Reader) -> tuple[str, int]:
+def _parse_listen(top: Reader) -> tuple[str, int]:
     value = top.text("listen", "127.0.0.1:8080") or ""
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
@@ -681,7 +414,7 @@ def _parse_listen(top: _Reader) -> tuple[str, int]:
     return host, int(port)
 
 
-def _parse_store(s: _Reader, resolve: Callable[[str], Path]) -> StoreConfig:
+def _parse_store(s: Reader, resolve: Callable[[str], Path]) -> StoreConfig:
     # The backend parses its own keys (store/registry.py); the key file is common to all.
     from .store.registry import BACKENDS
 
@@ -699,7 +432,7 @@ def _parse_store(s: _Reader, resolve: Callable[[str], Path]) -> StoreConfig:
     )
 
 
-def _refuse_key_beside_store(s: _Reader, key_file: Path | None, db_path: Path | None) -> None:
+def _refuse_key_beside_store(s: Reader, key_file: Path | None, db_path: Path | None) -> None:
     """What the store refuses at start, refused here already (so `check` says it too)."""
     from .store.keys import ENV_VAR, KeySourceError, _refuse_beside_db
     from .store.paths import default_db_path, default_key_file
@@ -712,7 +445,7 @@ def _refuse_key_beside_store(s: _Reader, key_file: Path | None, db_path: Path | 
         raise s.error("key_file", str(e)) from None
 
 
-def _parse_policy(s: _Reader, base: TokenPolicy) -> TokenPolicy:
+def _parse_policy(s: Reader, base: TokenPolicy) -> TokenPolicy:
     return TokenPolicy(
         refresh_leeway=s.number("refresh_leeway", base.refresh_leeway),
         default_lifetime=(
@@ -736,7 +469,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _parse_credentials(
-    s: _Reader, policy: TokenPolicy, resolve: Callable[[str], Path]
+    s: Reader, policy: TokenPolicy, resolve: Callable[[str], Path]
 ) -> dict[str, CredentialConfig]:
     out: dict[str, CredentialConfig] = {}
     for name in s.data:
@@ -749,7 +482,7 @@ def _parse_credentials(
 
 
 def _parse_credential(
-    name: str, c: _Reader, policy: TokenPolicy, resolve: Callable[[str], Path]
+    name: str, c: Reader, policy: TokenPolicy, resolve: Callable[[str], Path]
 ) -> CredentialConfig:
     c = _secrets_from_files(c, _SECRET_KEYS, resolve)
     preset = c.text("preset")
@@ -828,7 +561,7 @@ def _parse_credential(
 
 
 def _grant_keys(
-    c: _Reader, grant: str, rules: ConfigRules, read: dict[str, str | None]
+    c: Reader, grant: str, rules: ConfigRules, read: dict[str, str | None]
 ) -> dict[str, Any]:
     """The keys the grant itself reads: fields of CredentialConfig by name, others as `options`.
 
@@ -861,7 +594,7 @@ def _grant_keys(
     return own
 
 
-def _https_url(c: _Reader, key: str, tenant: str, allow_http: bool = False) -> str | None:
+def _https_url(c: Reader, key: str, tenant: str, allow_http: bool = False) -> str | None:
     """An IdP URL: https://, or http:// to a loopback host with the credential's
     `allow_http: true` (a local Keycloak or dev IdP; `check` warns about it)."""
     url = c.text(key)
@@ -922,7 +655,7 @@ def _check_pem(path: Path, source: str, key: str) -> None:
 
 
 def _parse_routes(
-    top: _Reader,
+    top: Reader,
     credentials: Mapping[str, CredentialConfig],
     resolve: Callable[[str], Path] = Path,
 ) -> RouteTable:
@@ -930,10 +663,10 @@ def _parse_routes(
     if raw is None:
         return RouteTable(())
     if not isinstance(raw, list):
-        raise top.error("routes", f"expected a list of routes, got {_kind(raw)}")
+        raise top.error("routes", f"expected a list of routes, got {kind_of(raw)}")
     routes = []
     for i, item in enumerate(raw):
-        r = _Reader(item, top.source, f"routes[{i}]", top.env)
+        r = Reader(item, top.source, f"routes[{i}]", top.env)
         cred = r.text("credential", required=True) or ""
         if cred not in credentials:
             known = ", ".join(sorted(credentials)) or "none are defined"

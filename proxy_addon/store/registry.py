@@ -26,7 +26,8 @@ __all__ = ["BACKENDS", "Backend", "OptionReader", "Parsed", "open_backend"]
 
 
 class OptionReader(Protocol):
-    """The part of config.py's typed reader a backend's parser uses (one `store:` mapping)."""
+    """The part of the typed reader (yamlconf.Reader) a backend's parser uses (one `store:`
+    mapping)."""
 
     def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
         ...

@@ -14,11 +14,13 @@ HEAVY = ("requests", "requests_oauthlib", "oauthlib", "sqlite3", "redis", "yaml"
          "proxy_addon.store")  # fmt: skip
 
 
-def _loaded_after_import(module: str) -> tuple[list[str], dict[str, str]]:
+def _loaded_after_import(
+    module: str, heavy: tuple[str, ...] = HEAVY
+) -> tuple[list[str], dict[str, str]]:
     code = (
         "import json, os, sys\n"
         f"before = dict(os.environ)\nimport {module}\n"
-        f"heavy = {HEAVY!r}\n"
+        f"heavy = {heavy!r}\n"
         "print(json.dumps([sorted(m for m in sys.modules if m in heavy or "
         "any(m.startswith(h + '.') for h in heavy)), "
         "{k: v for k, v in os.environ.items() if before.get(k) != v}]))"
@@ -36,6 +38,15 @@ def _loaded_after_import(module: str) -> tuple[list[str], dict[str, str]]:
 def test_rule_modules_load_no_grants_store_or_http_client(module: str) -> None:
     loaded, env = _loaded_after_import(module)
     assert loaded == [] and env == {}
+
+
+def test_the_yaml_reader_is_at_the_bottom() -> None:
+    """yamlconf knows no schema: it loads no module of ours (but errors) and nothing heavy but
+    yaml, which is its job."""
+    heavy = (*(h for h in HEAVY if h != "yaml"), "proxy_addon")
+    loaded, env = _loaded_after_import("proxy_addon.yamlconf", heavy)
+    assert set(loaded) <= {"proxy_addon", "proxy_addon.yamlconf", "proxy_addon.errors"}
+    assert env == {}
 
 
 def test_status_views_do_not_load_the_cache() -> None:

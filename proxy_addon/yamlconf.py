@@ -54,6 +54,9 @@ class ConfigError(Exception):
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class UniqueKeyLoader(_BaseLoader):  # type: ignore[valid-type,misc]
     """A safe loader that refuses a key given twice in one mapping: YAML keeps the last one
     silently, so a second `client_secret:` or `routes:` would win without a word."""
@@ -61,10 +64,12 @@ class UniqueKeyLoader(_BaseLoader):  # type: ignore[valid-type,misc]
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue  # `<<: *anchor`: merged keys may be overridden, the base class merges
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             if isinstance(key, list | dict):
                 continue  # unhashable: the base class reports it
-            if key in seen and key != "<<":
+            if key in seen:
                 first = seen[key].start_mark.line + 1
                 raise yaml.constructor.ConstructorError(
                     None, None,

@@ -70,6 +70,21 @@ def test_the_same_key_in_two_mappings_is_no_duplicate() -> None:
     assert load_yaml("a: {k: 1}\nb: {k: 2}\n", SOURCE) == {"a": {"k": 1}, "b": {"k": 2}}
 
 
+def test_merge_keys_merge_and_may_be_overridden() -> None:
+    # Routes that share most settings are written with anchors; `<<` is no duplicate key.
+    text = ("base: &b {scheme: https, port: 443}\n"
+            "one: {<<: *b, host: a.example}\n"
+            "two: {<<: *b, port: 8443}\n")  # fmt: skip
+    data = load_yaml(text, SOURCE)
+    assert data["one"] == {"scheme": "https", "port": 443, "host": "a.example"}
+    assert data["two"] == {"scheme": "https", "port": 8443}
+
+
+def test_a_key_given_twice_beside_a_merge_is_still_refused() -> None:
+    err = error_of(lambda: load_yaml("b: &b {x: 1}\nc: {<<: *b, y: 1, y: 2}\n", SOURCE))
+    assert_error(err, "", r"duplicate key 'y'")
+
+
 def test_yaml_syntax_error_names_line_and_column() -> None:
     err = error_of(lambda: load_yaml("a: [1, 2\nb: 3\n", SOURCE))
     assert_error(err, "", r"^not valid YAML: line \d+, column \d+: ")

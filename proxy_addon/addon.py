@@ -133,6 +133,7 @@ class AuthProxy:
 
     def load(self, loader: Loader) -> None:
         compat.mark_request_forms()  # the status page answers only absolute-form requests
+        compat.install_body_discard()  # an answer before a streamed body: see _answer
         self._guard_view()
         loader.add_option(
             "authproxy_config", str | None, None,  # type: ignore[arg-type]  # mitmproxy takes unions
@@ -327,12 +328,21 @@ class AuthProxy:
             flow.metadata[META][f"{resend.kind}_of"] = resend.of
 
     def _answer(self, flow: http.HTTPFlow, response: http.Response) -> None:
-        """Answer the client instead of forwarding. A streamed body would already be on its way
-        upstream (without a token), and mitmproxy cannot answer a request whose body it
-        streams, nor one whose body grows past stream_large_bodies while it waits: such a
-        request is killed (the client sees the connection close) rather than left hanging."""
+        """Answer the client instead of forwarding. A body still to come (requestheaders) is
+        read and dropped, then the answer goes back: streamed, it would go upstream without a
+        token, and mitmproxy cannot answer a request whose body it streams. Killing such an
+        upload instead can leave the client waiting: mitmproxy 12 may cancel the connection's
+        reader while it waits for its event lock, and then never closes the socket. A body
+        already streamed upstream (a later hook) cannot be answered: that flow is killed."""
         req = flow.request
-        if req.stream or self._body_may_stream(req):
+        if req.timestamp_end is None:  # the body is still to come
+            if req.stream:
+                logger.info("%s %s: answered %d %s before its streamed body, which is read and "
+                            "dropped", req.method, req.host, response.status_code,
+                            response.headers.get(replies.ERROR_HEADER, ""))  # fmt: skip
+            compat.discard_request_body(flow)
+            req.stream = False
+        elif req.stream:
             logger.warning("%s %s: answered %d %s; its body is streamed, so the connection is "
                            "closed instead", req.method, req.host, response.status_code,
                            response.headers.get(replies.ERROR_HEADER, ""))  # fmt: skip
@@ -349,17 +359,6 @@ class AuthProxy:
         if option != self._stream_option:
             self._stream_option, self._stream_bytes = option, human.parse_size(option)
         return self._stream_bytes
-
-    def _body_may_stream(self, req: http.Request) -> bool:
-        limit = self._stream_limit()
-        if limit is None:
-            return False
-        if "chunked" in req.headers.get("transfer-encoding", "").lower():
-            return True
-        try:
-            return int(req.headers.get("content-length", "0")) > limit
-        except ValueError:
-            return True
 
     def _refuse(self, flow: http.HTTPFlow, route: Route | None, response: http.Response) -> None:
         if response.status_code != 502 and route is not None:

@@ -15,6 +15,8 @@ changes what it relies on:
 - `share_listen_port`: open mitmproxy's TCP listeners with SO_REUSEPORT, so that the worker
   processes of `authproxy run --workers N` all accept on one address (the kernel spreads the
   connections; no extra hop).
+- `install_body_discard`/`discard_request_body`: answer a request in `requestheaders` while its
+  body (one mitmproxy would stream) is still to come: read the body and drop it, then answer.
 
 Nothing here runs at import time; the addon applies what it needs when it is loaded.
 """
@@ -35,7 +37,9 @@ from mitmproxy import http
 __all__ = [
     "Replayer",
     "absolute_form",
+    "discard_request_body",
     "hide_in_flight",
+    "install_body_discard",
     "mark_request_forms",
     "place_after_proxyauth",
     "replay",
@@ -180,6 +184,47 @@ def sent_to_listen_port(flow: http.HTTPFlow) -> bool:
     CONNECT tunnel: until mitmproxy opens an upstream connection for it (after the request
     hooks), such a flow's server has no address; a tunnelled flow's has the tunnel's target."""
     return flow.server_conn.address is None
+
+
+# --- answering a request before its body ----------------------------------------------------
+
+# Flows answered in `requestheaders` whose request body is still to come: mitmproxy reads that
+# body and drops it (HttpStream.check_body_size, wrapped below), then sends the answer.
+_discarding: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
+
+
+def discard_request_body(flow: http.HTTPFlow) -> None:
+    """Read the rest of `flow`'s request body and drop it, instead of keeping it or streaming
+    it upstream. For a flow answered in `requestheaders` (with `request.stream` unset): without
+    this, mitmproxy starts streaming a body that grows past `stream_large_bodies` while it is
+    read, and crashes on the answer already set (start_request_stream: "Can't set a response
+    and enable streaming at the same time"). Needs `install_body_discard()`."""
+    _discarding.add(flow)
+
+
+def install_body_discard() -> None:
+    """Wrap mitmproxy's HttpStream.check_body_size, which it calls for every chunk of a request
+    body it keeps, so that it drops the chunks of flows given to `discard_request_body` (no
+    memory held, no streaming started, no body_size_limit error for a body nobody reads).
+    Idempotent. Raises RuntimeError when this mitmproxy has no such method."""
+    from mitmproxy.proxy.layers.http import HttpStream
+
+    check = getattr(HttpStream, "check_body_size", None)
+    if getattr(check, "_authproxy", False):
+        return
+    if check is None or not inspect.isgeneratorfunction(check):
+        raise RuntimeError("mitmproxy's HttpStream has no check_body_size generator: "
+                           "compat.install_body_discard needs updating for this mitmproxy "
+                           "version")  # fmt: skip
+
+    def check_body_size(self: Any, request: bool) -> Any:
+        if request and self.flow in _discarding:
+            self.request_body_buf.clear()
+            return False
+        return (yield from check(self, request))
+
+    check_body_size._authproxy = True  # type: ignore[attr-defined]
+    HttpStream.check_body_size = check_body_size  # type: ignore[method-assign]
 
 
 # --- a listen port shared by worker processes ------------------------------------------------

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from layer_rig import Http1Rig, chunked, post_head
 from mitmproxy import http
 from mitmproxy.addons import view as view_addon
 from mitmproxy.net.http import http1
@@ -18,6 +19,8 @@ from mitmproxy.test import taddons, tflow
 
 from proxy_addon import compat
 from proxy_addon.netutil import free_port
+
+HOST = "api.example.test"
 
 
 class _Echo(BaseHTTPRequestHandler):
@@ -159,3 +162,73 @@ def test_regular_mode_still_drops_the_authority_before_the_first_hook() -> None:
 
     src = inspect.getsource(http_layer.HttpStream.state_wait_for_request_headers)
     assert "self.mode is HTTPMode.regular" in src and 'request.authority = ""' in src
+
+
+# --- install_body_discard / discard_request_body ---------------------------------------------
+
+BODY = b"z" * 200_000
+
+
+def _framed(framing: str) -> tuple[bytes, list[bytes]]:
+    """A request head naming a 200 KB body, and that body as the client's pieces of wire data."""
+    if framing == "chunked":
+        return post_head(HOST, Transfer_Encoding="chunked"), chunked(BODY)
+    pieces = [BODY[i : i + 16_384] for i in range(0, len(BODY), 16_384)]
+    return post_head(HOST, Content_Length=str(len(BODY))), pieces
+
+
+def _answer_before_the_body(flow: http.HTTPFlow) -> None:
+    flow.request.stream = False
+    flow.response = http.Response.make(403, b"refused")
+    compat.discard_request_body(flow)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_answered_in_requestheaders_is_read_and_dropped_then_answered(framing: str) -> None:
+    """What the addon's refusals rely on: with stream_large_bodies, mitmproxy streams (or, with
+    an answer set, crashes on) a body that grows past the limit; marked, it drops it instead."""
+    compat.install_body_discard()
+    compat.install_body_discard()  # idempotent
+
+    async def run() -> None:
+        hooks = {"requestheaders": _answer_before_the_body}
+        rig = await Http1Rig(hooks, HOST, stream_large_bodies="1k").start()
+        head, pieces = _framed(framing)
+        await rig.send(head)
+        for piece in pieces[:-1]:
+            await rig.send(piece)
+        assert rig.to_client == b""  # HTTP/1: the answer follows the whole request
+        await rig.send(pieces[-1])
+        assert rig.to_client.startswith(b"HTTP/1.1 403 ")
+        assert rig.to_client.endswith(b"refused")
+        assert rig.upstream == [] and not rig.client_closed  # nothing upstream, kept alive
+        (flow,) = rig.flows
+        assert flow.request.raw_content == b""  # dropped as it came, never held
+        # The connection stays usable: the next request on it is read as one.
+        await rig.send(post_head(HOST, Content_Length="0"))
+        assert len(rig.flows) == 2
+
+    asyncio.run(run())
+
+
+def test_mitmproxy_still_checks_every_kept_request_chunk_in_check_body_size() -> None:
+    import inspect
+
+    from mitmproxy.proxy.layers import http as http_layer
+
+    src = inspect.getsource(http_layer.HttpStream.state_consume_request_body)
+    assert "self.request_body_buf += event.data" in src, "compat.install_body_discard: update"
+    assert "self.check_body_size(True)" in src, "compat.install_body_discard: update"
+
+
+def test_a_body_not_marked_still_streams_as_mitmproxy_decides() -> None:
+    compat.install_body_discard()
+
+    async def run() -> None:
+        rig = await Http1Rig({}, HOST, stream_large_bodies="1k").start()
+        head, _ = _framed("content-length")
+        await rig.send(head)
+        assert rig.flows[0].request.stream is True
+        assert len(rig.upstream) == 1  # streaming: the upstream connection is asked for at once
+
+    asyncio.run(run())

@@ -8,7 +8,9 @@ import gzip
 
 import pytest
 from addon_rig import HOST, config, in_process, make_token, rig_context, routed_flow, unavailable
-from mitmproxy import http
+from layer_rig import Http1Rig, addon_hooks, chunked, post_head
+from mitmproxy import ctx, http
+from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.net.http import http1
 from mitmproxy.test import tflow
 
@@ -352,17 +354,32 @@ async def test_websocket_upgrade_answered_401_is_not_resent_but_gets_a_new_token
         assert flow2.response.status_code == 401
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
 @in_process
-async def test_streamed_request_without_a_token_is_ended_not_left_hanging() -> None:
-    async with rig_context() as rig:
+async def test_streamed_upload_refused_at_once_is_answered_with_the_error(framing: str) -> None:
+    """The credential backing off: `token()` fails without waiting, while the body is still to
+    come. The client gets the 502 with its error code once it has sent its body (which is
+    dropped), not a killed connection (which mitmproxy 12 may leave open: curl hung)."""
+    async with rig_context(config(), Proxyserver()) as rig:  # mitmproxy's proxy options
         rig.cache.fail = unavailable()
-        rig.addon.runtime.caches["api"] = rig.cache  # type: ignore[index]
-        flow = routed_flow(method="POST")
-        flow.request.stream = True  # stream_large_bodies decided so before our hook
-        await rig.addon.requestheaders(flow)
-        assert flow.request.stream is False
-        assert flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
-        assert flow.response is not None and _error(flow) == "token_unavailable"
+        body = b"z" * 200_000
+        if framing == "chunked":
+            head, pieces = post_head(HOST, Transfer_Encoding="chunked"), chunked(body)
+        else:
+            head, pieces = post_head(HOST, Content_Length=str(len(body))), [body]
+        client = Http1Rig(addon_hooks(rig.addon), HOST, opts=ctx.options,
+                          listen_host="127.0.0.1", stream_large_bodies="1k")  # fmt: skip
+        await client.start()
+        for piece in [head, *pieces]:
+            await client.send(piece)
+        head_out, _, body_out = bytes(client.to_client).partition(b"\r\n\r\n")
+        answer = http1.read_response_head(head_out.split(b"\r\n"))
+        assert answer.status_code == 502
+        assert answer.headers.get("X-Authproxy-Error") == "token_unavailable"
+        assert b'"token_unavailable"' in body_out
+        (flow,) = client.flows
+        assert flow.error is None and not client.client_closed  # answered, not killed
+        assert client.upstream == []  # nothing went upstream, not even the head
 
 
 # --- 14.9: a retried body is kept once -------------------------------------------------------

@@ -27,13 +27,16 @@ if TYPE_CHECKING:
     from ..dpop import DpopKey
     from ..tokens import Token
 
-__all__ = ["ONE_TIME_GRANTS", "OAuthGrant", "TokenRequest"]
+__all__ = ["DPOP_REFRESH_REFUSALS", "ONE_TIME_GRANTS", "OAuthGrant", "TokenRequest"]
 
 logger = logging.getLogger(__name__)
 
 # Grant types whose request spends a one-time secret: sent twice, the second meets a spent
 # secret (and an IdP with reuse detection revokes the whole sign-in).
 ONE_TIME_GRANTS = frozenset({"refresh_token", "authorization_code"})
+# How an IdP refuses a DPoP-bound refresh token with a proof of another key (RFC 9449 §5 names
+# no error: some say invalid_grant, others invalid_dpop_proof).
+DPOP_REFRESH_REFUSALS = frozenset({"invalid_grant", "invalid_dpop_proof"})
 
 
 @dataclass(slots=True)
@@ -178,21 +181,43 @@ class OAuthGrant:
         return parsed.token
 
     def refresh(self, refresh_token: str, previous: Token | None = None) -> Token:
-        token = self.call(
-            "refresh_token request",
-            # No scope: a refresh keeps the granted scopes (RFC 6749 §6), which may be fewer
-            # than those asked for.
-            {"grant_type": "refresh_token", "refresh_token": refresh_token},
-            timeout=self.cfg.policy.refresh_timeout,
-            sent=(
-                refresh_token,
-                *((previous.access_token, previous.refresh_token) if previous else ()),
-            ),
-        )
+        try:
+            token = self.call(
+                "refresh_token request",
+                # No scope: a refresh keeps the granted scopes (RFC 6749 §6), which may be fewer
+                # than those asked for.
+                {"grant_type": "refresh_token", "refresh_token": refresh_token},
+                timeout=self.cfg.policy.refresh_timeout,
+                sent=(
+                    refresh_token,
+                    *((previous.access_token, previous.refresh_token) if previous else ()),
+                ),
+            )
+        except GrantError as e:
+            if self.dpop_key is not None and e.code in DPOP_REFRESH_REFUSALS:
+                raise self._dpop_refresh_refused(e) from None
+            raise
         # Keep the refresh token we used if the IdP did not rotate it (RFC 6749 §6).
         if not token.refresh_token:
             token = replace(token, refresh_token=refresh_token)
         return replace(token, seed_id=self.seed_id)
+
+    def _dpop_refresh_refused(self, e: GrantError) -> GrantError:
+        """A DPoP refresh refused: the refresh token is bound to the key it was issued with
+        (RFC 9449 §5), and no other proof, however fresh, will redeem it. Terminal, so that
+        the cache stops asking; `invalid_grant`, so that clients and `status` are told to
+        sign in again."""
+        thumbprint = self.dpop_key.thumbprint if self.dpop_key else ""
+        return GrantError(
+            "invalid_grant",
+            f"{e}. The refresh token is bound to the DPoP key it was "
+            f"issued to, and the IdP refused a proof of the key held now (thumbprint "
+            f"{thumbprint[:12]}...); if the key stored with the credential's tokens was lost "
+            "or replaced, the tokens bound to the old key cannot be used any more: a new "
+            f"sign-in is needed (run `{hints.login(self.name)}`, or put a new refresh_token in "
+            "the config)",
+            terminal=True,
+        )
 
     def needs_login(self) -> GrantError:
         return GrantError(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from .grants.keys import check_tls_pair
+from .grants.keys import KeyFileError, check_tls_pair
 
 if TYPE_CHECKING:
     from .routes import Route
@@ -36,8 +36,8 @@ def check_route_certs(routes: Iterable[Route]) -> None:
         if r.client_cert is not None:
             try:
                 check_tls_pair(*r.client_cert)
-            except ValueError as e:
-                raise type(e)(f"routes[{r.index}]: {e}") from None
+            except KeyFileError as e:
+                raise e.under(f"routes[{r.index}]") from None
 
 
 def client_cert_for(routes: tuple[Route, ...], host: str, port: int) -> tuple[str, str] | None:

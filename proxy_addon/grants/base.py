@@ -35,9 +35,28 @@ __all__ = ["ConfigRules", "Grant", "GrantSpec", "KeyFileError", "SignIn", "resol
 
 
 class KeyFileError(ValueError):
-    """A key, certificate or service-account file that cannot be used; the message names the
-    config key and the file, and says what to do. (Here, not in `keys`, so that modules the
-    config imports can catch it without loading PyJWT.)"""
+    """A key, certificate or service-account file that cannot be used: `key` is the config key
+    that names it (`private_key_file`), `path` the file (None for a problem of another key,
+    such as `signing_alg`), `problem` what is wrong and what to do. str(): "key: path: problem".
+    The runtime turns it into a `ConfigError` naming the config file and the full key path.
+    (Here, not in `keys`, so that modules the config imports can catch it without PyJWT.)"""
+
+    def __init__(self, key: str, problem: str, path: str | None = None) -> None:
+        self.key, self.problem, self.path = key, problem, path
+        super().__init__(f"{key}: {self.detail}")
+
+    @property
+    def detail(self) -> str:
+        """The file and what is wrong with it: "path: problem" (the problem alone without one)."""
+        return f"{self.path}: {self.problem}" if self.path else self.problem
+
+    def at(self, path: str) -> KeyFileError:
+        """The same problem, naming the file it was found in (if it names none yet)."""
+        return self if self.path else KeyFileError(self.key, self.problem, path)
+
+    def under(self, prefix: str) -> KeyFileError:
+        """The same problem, its key under `prefix` (`routes[2]`)."""
+        return KeyFileError(f"{prefix}.{self.key}", self.problem, self.path)
 
 
 class Grant(Protocol):

@@ -20,7 +20,8 @@ from ..dpop import NonceCache, nonce_asked, proof
 from ..errors import GrantError
 from ..idp_http import Answer, exchange
 from ..token_answer import parse_token_answer
-from .client_auth import authenticate
+from .base import KeyFileError
+from .client_auth import Authenticate, prepare
 
 if TYPE_CHECKING:
     from ..config import CredentialConfig
@@ -56,10 +57,13 @@ class OAuthGrant:
     refreshable = True
     persist = True
     seed_id: str | None = None
+    key_error_code = "bad_client_key"  # a key file found unusable at first use
 
     def __init__(self, cfg: CredentialConfig, verify: str | bool) -> None:
         self.cfg, self.name, self.verify = cfg, cfg.name, verify
         self._endpoints: Endpoints | None = None
+        self._client: Authenticate | None = None  # client authentication, its files read
+        self._keys_loaded = False
         # DPoP (RFC 9449): the credential's key, given by whoever owns the store
         # (`dpop_keys.attach_dpop_key`), and the nonces the IdP's origins asked for.
         self.dpop_key: DpopKey | None = None
@@ -67,6 +71,28 @@ class OAuthGrant:
 
     def obtain(self, previous: Token | None) -> Token:
         raise NotImplementedError
+
+    def load_keys(self) -> None:
+        """Read and check every key, certificate and service-account file the grant signs or
+        connects with, once: the runtime calls this at start, so that a bad file stops the
+        start with a `KeyFileError` naming it, and requests reuse what was loaded. (A grant a
+        command-line tool builds loads them at first use instead.)"""
+        self._load_keys()
+        self._keys_loaded = True
+
+    def _load_keys(self) -> None:
+        """What `load_keys` loads; a subclass with files of its own extends it."""
+        self._client = prepare(self.cfg)
+
+    def keys_loaded(self) -> None:
+        """`load_keys` now if nobody has yet; a bad file is then a terminal GrantError."""
+        if not self._keys_loaded:
+            try:
+                self.load_keys()
+            except KeyFileError as e:
+                raise GrantError(
+                    self.key_error_code, f"credential {self.name!r}: {e}", terminal=True
+                ) from None
 
     def endpoints(self) -> Endpoints:
         """Configured or discovered once (from `issuer`) and kept."""
@@ -99,7 +125,10 @@ class OAuthGrant:
 
     def post(self, url: str, form: dict[str, str], *, what: str, timeout: float) -> Answer:
         """One bounded POST to `url` with `form` and the client's authentication."""
-        client = authenticate(self.cfg, url)
+        self.keys_loaded()
+        authenticate = self._client
+        assert authenticate is not None  # loaded with the keys
+        client = authenticate(url)
         request = self.prepare(
             TokenRequest(
                 url, {**form, **client.form}, dict(client.headers), client.basic, client.cert
@@ -110,7 +139,7 @@ class OAuthGrant:
         if retry is None:
             return answer
         # A fresh client assertion too: the refused request may have spent its jti.
-        retry.form.update(authenticate(self.cfg, url).form)
+        retry.form.update(authenticate(url).form)
         answer = self._send(self.prepare(retry), what, timeout)
         if self.dpop_key is not None:
             self.dpop_nonces.learn(url, answer.headers)

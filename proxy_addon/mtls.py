@@ -3,8 +3,9 @@ on the API call too. mitmproxy's own `client_certs` option is one file (or one p
 the whole proxy; here a route names `client_certificate_file` and `client_key_file`, and the
 addon puts them on the upstream TLS connection of that route's host and port only.
 
-The key must be owner-only and unencrypted, and the certificate the key's (checked when the
-config is loaded, by `grants.keys.check_tls_pair`); neither is ever logged.
+The key must be owner-only and unencrypted, and the certificate the key's (checked at start
+and on a reload, before the token store is opened: `runtime.check_route_files`); neither is
+ever logged.
 """
 
 from __future__ import annotations

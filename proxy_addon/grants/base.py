@@ -13,6 +13,10 @@ A grant turns configuration (and the token it replaces) into a `Token`:
   a stored token from another seed is stale. None when the grant has no seed.
 - `persist`: are its tokens kept in the store? (A static token is in the config already:
   storing it would only copy a secret.)
+- `load_keys()` (only a grant that reads files: key, certificate, service account): read and
+  check them once and keep what was loaded. The runtime calls it at start, so a bad file stops
+  the start with a `KeyFileError` (turned into a `ConfigError` naming the config file and key);
+  a grant built by a command-line tool loads them at first use instead.
 
 What the registry adds about a grant, without building one: which config keys it reads
 (`ConfigRules`), whether its tokens come only from a person signing in (`interactive`), and the

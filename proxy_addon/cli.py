@@ -281,12 +281,17 @@ def _cmd_reload(args: argparse.Namespace) -> int:
 
 def _check_like_run(config: Config) -> None:
     """What `run` checks beyond the file itself, without creating or changing anything: the
-    CA bundle it builds, and the token store with its key (the rows must decrypt)."""
-    from .runtime import check_rows, open_store, trust_bundle
+    CA bundle it builds, the key, certificate and service-account files of the credentials
+    and routes, and the token store with its key (the rows must decrypt)."""
+    from .grants import make_grant
+    from .runtime import check_route_files, check_rows, load_grant_keys, open_store, trust_bundle
     from .store import MissingStoreError
     from .store.paths import default_db_path
 
     trust_bundle(config.ca_certs, config.source)
+    for name, cred in config.credentials.items():
+        load_grant_keys(config, name, make_grant(cred, True))  # reads files, sends nothing
+    check_route_files(config)
     if not config.credentials:
         return
     if config.store.backend == "sqlite" and not (config.store.path or default_db_path()).exists():

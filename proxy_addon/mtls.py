@@ -3,8 +3,9 @@ on the API call too. mitmproxy's own `client_certs` option is one file (or one p
 the whole proxy; here a route names `client_certificate_file` and `client_key_file`, and the
 addon puts them on the upstream TLS connection of that route's host and port only.
 
-The key must be owner-only and unencrypted, and the certificate the key's (checked when the
-config is loaded, by `grants.keys.check_tls_pair`); neither is ever logged.
+The key must be owner-only and unencrypted, and the certificate the key's (checked at start
+and on a reload, before the token store is opened: `runtime.check_route_files`); neither is
+ever logged.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from .grants.keys import check_tls_pair
+from .grants.keys import KeyFileError, check_tls_pair
 
 if TYPE_CHECKING:
     from .routes import Route
@@ -36,8 +37,8 @@ def check_route_certs(routes: Iterable[Route]) -> None:
         if r.client_cert is not None:
             try:
                 check_tls_pair(*r.client_cert)
-            except ValueError as e:
-                raise type(e)(f"routes[{r.index}]: {e}") from None
+            except KeyFileError as e:
+                raise e.under(f"routes[{r.index}]") from None
 
 
 def client_cert_for(routes: tuple[Route, ...], host: str, port: int) -> tuple[str, str] | None:

@@ -22,12 +22,20 @@ from .cache import CredentialCache
 from .config import Config, ConfigError, StoreConfig
 from .dpop_keys import attach_dpop_key
 from .grants import make_grant, spec_for
+from .grants.base import KeyFileError
 from .pem import pem_bundle
 from .store import MemoryStore, TokenStore
 from .store.registry import open_backend
 from .store.sealer import CorruptRowError, DamagedRowError
 
-__all__ = ["Runtime", "check_rows", "open_store", "trust_bundle"]
+__all__ = [
+    "Runtime",
+    "check_route_files",
+    "check_rows",
+    "load_grant_keys",
+    "open_store",
+    "trust_bundle",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +51,24 @@ class Runtime:
 
     @classmethod
     def build(
-        cls, config: Config, env: Mapping[str, str] = os.environ, *, check_store: bool = True
+        cls,
+        config: Config,
+        env: Mapping[str, str] = os.environ,
+        *,
+        check_store: bool = True,
+        load_keys: bool = True,
     ) -> Runtime:
+        """`load_keys`: read and check every key, certificate and service-account file of the
+        credentials and routes now (a bad one is a ConfigError before the store is touched);
+        without it, each grant reads its own at first use (a command about one credential
+        must not fail for another's file)."""
         ca_bundle = trust_bundle(config.ca_certs, config.source)
+        grants = {name: make_grant(cred, ca_bundle or True)
+                  for name, cred in config.credentials.items()}  # fmt: skip
+        if load_keys:
+            for name, grant in grants.items():
+                load_grant_keys(config, name, grant)
+            check_route_files(config)
         store = open_store(config.store, env) if config.credentials else MemoryStore()
         try:
             if check_store:
@@ -55,7 +78,7 @@ class Runtime:
             raise
         caches = {}
         for name, cred in config.credentials.items():
-            grant = make_grant(cred, ca_bundle or True)
+            grant = grants[name]
             attach_dpop_key(grant, cred, store)  # DPoP credentials: their key, from the store
             # A grant that does not persist (static) has its token in the config already.
             caches[name] = CredentialCache(
@@ -86,6 +109,31 @@ class Runtime:
                     "closing the store anyway, its result is lost", cache.name, timeout,
                 )  # fmt: skip
         self.store.close()
+
+
+def load_grant_keys(config: Config, name: str, grant: object) -> None:
+    """Have a credential's grant read and check its key, certificate and service-account files
+    (once: it keeps what it loaded for every request), or raise the ConfigError that names
+    the config file, the credential's key, the file and what is wrong with it. A grant that
+    reads no files has no `load_keys`."""
+    load = getattr(grant, "load_keys", None)
+    if load is None:
+        return
+    try:
+        load()
+    except KeyFileError as e:
+        raise ConfigError(config.source, f"credentials.{name}.{e.key}", e.detail) from None
+
+
+def check_route_files(config: Config) -> None:
+    """The ConfigError naming the route, its key and the file, for a route whose client
+    certificate or key cannot be used (mutual TLS to the API)."""
+    from .mtls import check_route_certs
+
+    try:
+        check_route_certs(config.routes)
+    except KeyFileError as e:
+        raise ConfigError(config.source, e.key, e.detail) from None
 
 
 def open_store(

@@ -66,13 +66,16 @@ def _opened(
 ) -> Iterator[tuple[CredentialCache, CredentialConfig]]:
     """The named credential's cache (its grant, its store), closed afterwards, and its config.
     Only the commands that talk to the IdP need the config's secrets."""
-    from .runtime import Runtime
+    from .runtime import Runtime, load_grant_keys
 
     _, config = args.load(args, need_secrets=need_secrets)
     cred = _credential(config, args.name)
     # No up-front decryption check: logout must work on a row the key can no longer read.
-    runtime = Runtime.build(config, check_store=False)
+    # Key files: only this credential's, and only where its secrets are (a passphrase).
+    runtime = Runtime.build(config, check_store=False, load_keys=False)
     try:
+        if need_secrets:
+            load_grant_keys(config, args.name, runtime.caches[args.name].grant)
         yield runtime.caches[args.name], cred
     finally:
         runtime.close()

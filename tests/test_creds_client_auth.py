@@ -122,7 +122,7 @@ def test_config_rules_for_the_new_methods(tmp_path: Path) -> None:
 def test_bad_key_files_get_errors_naming_file_and_fix(tmp_path: Path) -> None:
     key = new_key("EC")
     missing = tmp_path / "missing.pem"
-    with pytest.raises(KeyFileError, match=r"private_key_file: no such file: .*missing\.pem"):
+    with pytest.raises(KeyFileError, match=r"private_key_file: .*missing\.pem: no such file"):
         load_private_key(str(missing), key="private_key_file")
     shared = write_key(tmp_path / "shared.pem", key, mode=0o644)
     with pytest.raises(KeyFileError, match=r"can be read by other users .*chmod 600"):

@@ -241,3 +241,130 @@ def test_a_code_bound_to_one_key_is_not_redeemed_with_another(idp, pki) -> None:
         r = requests.post(idp.token_url, data=form, headers=headers, verify=str(pki.ca_cert),
                           timeout=10)  # fmt: skip
         assert r.status_code == status, r.text
+
+
+# --- refresh tokens bound to the key (RFC 9449 §5) ------------------------------------------
+
+
+def _refresh(idp: Any, pki: Any, refresh_token: str, key: DpopKey | None) -> Any:
+    import requests
+
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": "pub"}
+    headers = {"DPoP": proof(key, "POST", idp.token_url)} if key else {}
+    return requests.post(idp.token_url, data=form, headers=headers, verify=str(pki.ca_cert),
+                         timeout=10)  # fmt: skip
+
+
+def test_a_refresh_token_bound_to_one_key_is_refused_with_another(idp, pki) -> None:
+    key, other = DpopKey.generate(), DpopKey.generate()
+    idp.add_client("pub", None, redirect_uris=["http://127.0.0.1/cb"])
+    first = _refresh(idp, pki, idp.issue_refresh_token("pub"), key)  # a seed: not bound yet
+    assert first.status_code == 200 and first.json()["token_type"] == "DPoP", first.text
+    bound = first.json()["refresh_token"]  # issued to a proof of `key`: bound to it
+
+    for k, error in ((other, "invalid_grant"), (None, "invalid_dpop_proof")):
+        refused = _refresh(idp, pki, bound, k)
+        assert (refused.status_code, refused.json()["error"]) == (400, error), refused.text
+    # Refused before it was spent: neither rotated away nor taken for a reuse.
+    again = _refresh(idp, pki, bound, key)
+    assert again.status_code == 200, again.text
+    assert idp.dpop_jkt_of(again.json()["access_token"]) == key.thumbprint
+
+    idp.rotate_refresh_tokens = False  # a refresh token kept across refreshes stays bound
+    kept = again.json()["refresh_token"]
+    assert "refresh_token" not in _refresh(idp, pki, kept, key).json()
+    assert _refresh(idp, pki, kept, other).json()["error"] == "invalid_grant"
+    # A refresh token issued without DPoP stays unbound (Bearer).
+    plain = _refresh(idp, pki, idp.issue_refresh_token("pub"), None)
+    assert plain.json()["token_type"] == "Bearer"
+
+
+def _bound_refresh_config(idp: Any, api: Any) -> dict[str, Any]:
+    idp.add_client("pub", None, redirect_uris=["http://127.0.0.1/cb"])
+    api.dpop_jkt_of = idp.dpop_jkt_of
+    return {
+        "credentials": {"api": {"grant": "refresh_token", "token_url": idp.token_url,
+                                "client_id": "pub", "refresh_token": idp.issue_refresh_token("pub"),
+                                "dpop": True}},
+        "routes": [route("api.example.test", api.port)],
+    }  # fmt: skip
+
+
+def _refresh_statuses(idp: Any) -> list[int]:
+    return [e["status"] for e in idp.requests_log if e["grant_type"] == "refresh_token"]
+
+
+def test_the_proxy_refreshes_with_the_same_key_across_restarts(start_proxy, idp, api) -> None:
+    config = _bound_refresh_config(idp, api)
+    url = f"https://api.example.test:{api.port}/v1"
+    proxy = start_proxy(config)
+    assert proxy.session().get(url, timeout=30).status_code == 200  # the seed, with a proof
+    idp.expire_access_tokens()
+    assert proxy.session().get(url, timeout=30).status_code == 200  # a bound refresh token
+    proxy.stop()
+
+    # Another process reads the key from the store: the bound refresh token still redeems.
+    proxy = start_proxy(config, name="again")
+    idp.expire_access_tokens()
+    r = proxy.session().get(url, timeout=30)
+    assert r.status_code == 200, r.text
+    assert _refresh_statuses(idp) == [200, 200, 200]
+    with idp._lock:
+        keys = {idp._dpop_bound[t] for t in idp._access}
+    assert len(keys) == 1  # every token, before and after the restart, bound to one key
+
+
+def test_a_lost_key_with_a_bound_refresh_token_asks_for_a_new_grant(
+    start_proxy, idp, api
+) -> None:
+    from proxy_addon.config import load_config
+    from proxy_addon.runtime import open_store
+
+    config = _bound_refresh_config(idp, api)
+    url = f"https://api.example.test:{api.port}/v1"
+    proxy = start_proxy(config)
+    assert proxy.session().get(url, timeout=30).status_code == 200
+    idp.expire_access_tokens()
+    assert proxy.session().get(url, timeout=30).status_code == 200  # now holds a bound one
+    proxy.stop()
+    # The key row goes (a store restored in part, a row deleted by hand); the tokens stay.
+    loaded = load_config(proxy.config_path)
+    store = open_store(loaded.store, {}, create=False)
+    try:
+        assert store.delete(loaded.credentials["api"].store_key + "#dpop")
+    finally:
+        store.close()
+
+    proxy = start_proxy(config, name="again")
+    idp.expire_access_tokens()
+    r = proxy.session().get(url, timeout=30)
+    assert r.status_code == 502, r.text
+    body = r.json()
+    assert body["hint"] == f"run: authproxy --config {proxy.config_path} login api", body
+    assert "bound to the DPoP key" in body["message"] and "invalid_grant" in body["message"]
+    for _ in range(3):  # terminal: the IdP is not asked again, clients are told at once
+        assert proxy.session().get(url, timeout=30).status_code == 502
+    assert _refresh_statuses(idp) == [200, 200, 400]
+    assert "held a DPoP-bound token but not its DPoP key" in proxy.output()
+
+
+@pytest.mark.parametrize("error", ["invalid_grant", "invalid_dpop_proof"])
+def test_a_refused_dpop_refresh_is_terminal_and_says_why(error: str, idp, pki) -> None:
+    # IdPs word the refusal of a proof by another key either way (RFC 9449 §5 names no error);
+    # both end the refreshing until a new grant, and say that the key may be why.
+    from proxy_addon.demo.server import Response
+    from proxy_addon.errors import GrantError
+    from proxy_addon.tokens import Token
+
+    idp.token_answer = lambda form: Response.of_json(400, {"error": error})
+    cfg = parse({"grant": "refresh_token", "token_url": idp.token_url, "client_secret": None,
+                 "dpop": True}).credentials["c"]  # fmt: skip
+    grant = make_grant(cfg, str(pki.ca_cert))
+    attach_dpop_key(grant, cfg, MemoryStore())
+    held = Token("at", expires_at=0.0, obtained_at=0.0, token_type="DPoP", refresh_token="rt")
+    with pytest.raises(GrantError) as e:
+        grant.obtain(held)
+    assert (e.value.code, e.value.terminal) == ("invalid_grant", True)
+    assert f"refused by the IdP: {error}" in str(e.value)
+    assert "bound to the DPoP key it was issued to" in str(e.value)
+    assert "authproxy login c" in str(e.value)

@@ -44,7 +44,7 @@ def test_service_account_file_checks(tmp_path: Path) -> None:
     user = service_account(tmp_path / "user.json", "https://x.test/t", key, type="authorized_user")
     with pytest.raises(
         KeyFileError,
-        match=r"service_account_file: .*user\.json has type 'authorized_user', not 'service_",
+        match=r"service_account_file: .*user\.json: has type 'authorized_user', not 'service_",
     ):
         read_service_account(str(user))
     shared = write_private(tmp_path / "shared.json", good.read_bytes(), mode=0o644)
@@ -110,7 +110,8 @@ def test_bad_signing_key_is_a_terminal_error_naming_the_file(tmp_path: Path, idp
     locked = write_private(tmp_path / "locked.pem", pem(new_key("EC"), "pw"))
     grant = make_grant(parse({"token_url": idp.token_url, "private_key_file": str(locked),
                               "assertion_issuer": "x"}), True)  # fmt: skip
-    with pytest.raises(GrantError, match="private_key_file: the key is encrypted") as e:
+    encrypted = r"private_key_file: .*locked\.pem: the key is encrypted"
+    with pytest.raises(GrantError, match=encrypted) as e:
         grant.obtain(None)
     assert e.value.terminal and idp.token_requests == 0
     user = service_account(tmp_path / "u.json", idp.token_url, new_key("RSA"), type="user")

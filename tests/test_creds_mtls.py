@@ -93,8 +93,8 @@ def test_bad_certificate_and_key_files(tmp_path: Path, idp, pki) -> None:
         (cert, shared, "can be read by other users"),
         (cert, locked, "is encrypted; TLS takes no passphrase"),
         (cert, other_key, "is not the certificate of client_key_file"),
-        (tmp_path / "none.crt", key, "client_certificate_file: no such file"),
-        (cert, tmp_path / "none.key", "client_key_file: no such file"),
+        (tmp_path / "none.crt", key, r"client_certificate_file: .*none\.crt: no such file"),
+        (cert, tmp_path / "none.key", r"client_key_file: .*none\.key: no such file"),
     ]
     for c, k, message in cases:
         with pytest.raises(GrantError, match=message) as e:
@@ -133,13 +133,16 @@ def test_certificate_bound_token_through_the_proxy(tmp_path: Path, start_proxy, 
 def test_route_certificate_files_are_checked_at_start(tmp_path: Path, start_proxy, idp) -> None:
     cert, key = self_signed(tmp_path)
     key.chmod(0o644)
-    with pytest.raises(AssertionError, match=r"routes\[0\]: .*can be read by other users"):
+    # Refused before the token store is created, naming the route's key and the file.
+    refused = r"proxy\.yaml: routes\[0\]\.client_key_file: .*c\.key: can be read by other users"
+    with pytest.raises(AssertionError, match=refused):
         start_proxy({
             "credentials": {"api": {"grant": "client_credentials", "token_url": idp.token_url,
                                     "client_id": "x", "client_secret": "y"}},
             "routes": [route("api.example.test", 443, client_certificate_file=str(cert),
                              client_key_file=str(key))],
         })  # fmt: skip
+    assert not (tmp_path / "state").exists()
     with pytest.raises(ConfigError, match=r"routes\[0\]\.client_key_file: is required"):
         parse_config({"credentials": {"c": {"grant": "static", "token": "t"}},
                       "routes": [route("a.test", 443, "c", client_certificate_file="/c")]},

@@ -6,6 +6,7 @@ one in a test and watching config, status and the runtime's questions follow."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -162,13 +163,11 @@ def test_client_auth_basic_post_and_public() -> None:
     assert public == ClientAuthentication(form={"client_id": "a"})
 
 
-def assertion(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
-    """A stand-in for private_key_jwt: sees the endpoint it authenticates to."""
-    return ClientAuthentication(
-        form={
-            "client_id": cfg.client_id or "",
-            "client_assertion": f"{endpoint}|{cfg.options['kid']}",
-        }
+def assertion(cfg: CredentialConfig) -> Callable[[str], ClientAuthentication]:
+    """A stand-in for private_key_jwt: reads its config once, sees the endpoint of each request."""
+    kid = cfg.options["kid"]
+    return lambda endpoint: ClientAuthentication(
+        form={"client_id": cfg.client_id or "", "client_assertion": f"{endpoint}|{kid}"}
     )
 
 

@@ -449,12 +449,15 @@ class AuthServer(BackgroundServer):
 
     def _bind(self, issued: Issued, request: Request, jkt: str | None = None) -> Response:
         """RFC 8705 §3: a token asked for over mutual TLS is bound to that certificate;
-        RFC 9449 §5: one asked for with a DPoP proof to the proof's key (token_type DPoP)."""
+        RFC 9449 §5: one asked for with a DPoP proof to the proof's key (token_type DPoP),
+        and so is the refresh token that comes with it."""
         with self._lock:
             if request.peer_cert is not None:
                 self._bound[issued.access] = x5t_s256(request.peer_cert)
             if jkt is not None:
                 self._dpop_bound[issued.access] = jkt
+        if jkt is not None and issued.refresh is not None:
+            self._grants.bind_refresh_dpop(issued.refresh, jkt)
         ttl = self.access_token_ttl
         return self._token_response(issued, ttl, "DPoP" if jkt else "Bearer")
 
@@ -537,6 +540,8 @@ class AuthServer(BackgroundServer):
             if bound is not None and bound != jkt:
                 # RFC 9449 §10.1: only the key named at the authorization endpoint redeems it.
                 raise OAuthError("invalid_dpop_proof", "the code is bound to another DPoP key")
+        if form.get("grant_type") == "refresh_token":
+            self._grants.check_refresh_dpop(client_id, form.get("refresh_token", ""), jkt)
         grant_type = _required(form, "grant_type")
         handlers: dict[str, _GrantHandler] = {
             "client_credentials": self._client_credentials,

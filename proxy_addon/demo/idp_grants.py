@@ -75,6 +75,7 @@ class _Grant:
     used: bool = False  # a refresh token that was rotated away
     subject: str | None = None  # the user who granted it, if one did
     revoked: bool = False  # this token alone (RFC 7009 on an access token)
+    dpop_jkt: str | None = None  # a refresh token bound to a DPoP key (RFC 9449 §5)
 
 
 @dataclass(slots=True)
@@ -307,6 +308,31 @@ class GrantStore:
         with self.lock:
             self._codes[code] = _Code(request, subject, time.time() + ttl, _family())
         return code
+
+    def bind_refresh_dpop(self, refresh_token: str, jkt: str) -> None:
+        """Bind a refresh token issued to a DPoP proof to the proof's key (RFC 9449 §5).
+
+        The RFC asks this of public clients and lets a server bind confidential clients' too;
+        the demo binds every one, so that a client that changes its key mid-grant is caught."""
+        with self.lock:
+            grant = self.refresh.get(refresh_token)
+            if grant is not None:
+                grant.dpop_jkt = jkt
+
+    def check_refresh_dpop(self, client_id: str, presented: str, jkt: str | None) -> None:
+        """Refuse a bound refresh token without a proof of its key, before it is spent: a
+        refused refresh neither rotates the token nor counts as its reuse."""
+        with self.lock:
+            grant = self.refresh.get(presented)
+            bound = grant.dpop_jkt if grant is not None and grant.client_id == client_id else None
+        if bound is None:
+            return  # unbound, or unknown to this client: the grant itself says which
+        if jkt is None:
+            raise OAuthError(
+                "invalid_dpop_proof", "the refresh token is bound to a DPoP key; send a proof"
+            )
+        if jkt != bound:
+            raise OAuthError("invalid_grant", "the refresh token is bound to another DPoP key")
 
     def code_dpop_jkt(self, presented: str) -> str | None:
         """The DPoP key thumbprint an authorization code is bound to (RFC 9449 §10), if any."""

@@ -13,6 +13,10 @@ A grant turns configuration (and the token it replaces) into a `Token`:
   a stored token from another seed is stale. None when the grant has no seed.
 - `persist`: are its tokens kept in the store? (A static token is in the config already:
   storing it would only copy a secret.)
+- `load_keys()` (only a grant that reads files: key, certificate, service account): read and
+  check them once and keep what was loaded. The runtime calls it at start, so a bad file stops
+  the start with a `KeyFileError` (turned into a `ConfigError` naming the config file and key);
+  a grant built by a command-line tool loads them at first use instead.
 
 What the registry adds about a grant, without building one: which config keys it reads
 (`ConfigRules`), whether its tokens come only from a person signing in (`interactive`), and the
@@ -35,9 +39,28 @@ __all__ = ["ConfigRules", "Grant", "GrantSpec", "KeyFileError", "SignIn", "resol
 
 
 class KeyFileError(ValueError):
-    """A key, certificate or service-account file that cannot be used; the message names the
-    config key and the file, and says what to do. (Here, not in `keys`, so that modules the
-    config imports can catch it without loading PyJWT.)"""
+    """A key, certificate or service-account file that cannot be used: `key` is the config key
+    that names it (`private_key_file`), `path` the file (None for a problem of another key,
+    such as `signing_alg`), `problem` what is wrong and what to do. str(): "key: path: problem".
+    The runtime turns it into a `ConfigError` naming the config file and the full key path.
+    (Here, not in `keys`, so that modules the config imports can catch it without PyJWT.)"""
+
+    def __init__(self, key: str, problem: str, path: str | None = None) -> None:
+        self.key, self.problem, self.path = key, problem, path
+        super().__init__(f"{key}: {self.detail}")
+
+    @property
+    def detail(self) -> str:
+        """The file and what is wrong with it: "path: problem" (the problem alone without one)."""
+        return f"{self.path}: {self.problem}" if self.path else self.problem
+
+    def at(self, path: str) -> KeyFileError:
+        """The same problem, naming the file it was found in (if it names none yet)."""
+        return self if self.path else KeyFileError(self.key, self.problem, path)
+
+    def under(self, prefix: str) -> KeyFileError:
+        """The same problem, its key under `prefix` (`routes[2]`)."""
+        return KeyFileError(f"{prefix}.{self.key}", self.problem, self.path)
 
 
 class Grant(Protocol):

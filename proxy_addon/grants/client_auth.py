@@ -2,11 +2,13 @@
 request that authenticates the client — the proxy's grants, `authproxy login`'s code and device
 flows, and revocation.
 
-A method is a pure function `(cfg, endpoint) -> ClientAuthentication`: what to add to one
-request to `endpoint` (the token, device or revocation endpoint — a signed assertion names it
-as its audience). `METHODS` is the table `client_auth:` chooses from; each entry also says
-which extra config keys the method reads, so a new method (private_key_jwt, client_secret_jwt,
-tls_client_auth) is one function plus one line here.
+A method is a function `(cfg) -> Authenticate`: it reads and checks what it needs (a key
+file, a certificate) once, when the grant is built at start, and returns a function
+`(endpoint) -> ClientAuthentication`: what to add to one request to `endpoint` (the token,
+device or revocation endpoint — a signed assertion names it as its audience). `METHODS` is the
+table `client_auth:` chooses from; each entry also says which extra config keys the method
+reads, so a new method (private_key_jwt, client_secret_jwt, tls_client_auth) is one function
+plus one line here.
 
 Mutual TLS (RFC 8705 §2): `tls_client_auth` / `self_signed_tls_client_auth` send the client
 certificate (`client_certificate_file`, `client_key_file`) on the connection itself; the key
@@ -21,7 +23,7 @@ issuer with `assertion_audience: issuer` (or any URL given there).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote_plus
@@ -32,7 +34,15 @@ from .base import KeyFileError, resolve
 if TYPE_CHECKING:
     from ..config import CredentialConfig
 
-__all__ = ["ASSERTION_TYPE", "METHODS", "ClientAuthentication", "MethodSpec", "authenticate"]
+__all__ = [
+    "ASSERTION_TYPE",
+    "METHODS",
+    "Authenticate",
+    "ClientAuthentication",
+    "MethodSpec",
+    "authenticate",
+    "prepare",
+]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 60.0  # seconds: long enough for clock skew, too short to be worth stealing
@@ -48,8 +58,14 @@ class ClientAuthentication:
     cert: tuple[str, str] | None = None  # (certificate file, key file) for mutual TLS
 
 
+Authenticate = Callable[[str], ClientAuthentication]  # endpoint -> what one request adds
+
+
 class Method(Protocol):
-    def __call__(self, cfg: CredentialConfig, endpoint: str) -> ClientAuthentication: ...
+    """Reads what the method needs (a key file, a certificate) once, when the grant is built,
+    and returns what authenticates each request: a key file is not read per request."""
+
+    def __call__(self, cfg: CredentialConfig) -> Authenticate: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,84 +79,99 @@ class MethodSpec:
     proves: bool = False
 
 
-def basic(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
+def _always(auth: ClientAuthentication) -> Authenticate:
+    return lambda endpoint: auth
+
+
+def basic(cfg: CredentialConfig) -> Authenticate:
     """HTTP Basic with a secret (client_secret_basic); a public client sends its id in the body."""
     if not cfg.client_secret:
-        return post(cfg, endpoint)
+        return post(cfg)
     # RFC 6749 §2.3.1: id and secret are form-encoded before Basic encoding.
-    return ClientAuthentication(
-        basic=(quote_plus(cfg.client_id or ""), quote_plus(cfg.client_secret))
+    return _always(
+        ClientAuthentication(basic=(quote_plus(cfg.client_id or ""), quote_plus(cfg.client_secret)))
     )
 
 
-def post(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
+def post(cfg: CredentialConfig) -> Authenticate:
     """Id and secret in the body (client_secret_post); a public client: the id only."""
     form = {"client_id": cfg.client_id or ""}
     if cfg.client_secret:
         form["client_secret"] = cfg.client_secret
-    return ClientAuthentication(form=form)
+    return _always(ClientAuthentication(form=form))
 
 
-def _audience(cfg: CredentialConfig, endpoint: str) -> str:
+def _audience(cfg: CredentialConfig) -> Callable[[str], str]:
+    """The assertion's `aud` for a request to an endpoint."""
     wanted = cfg.options.get("assertion_audience") or "token_endpoint"
     if wanted == "token_endpoint":
-        return endpoint
+        return lambda endpoint: endpoint
     if wanted == "issuer":
         if not cfg.issuer:
-            raise KeyFileError("assertion_audience: 'issuer' needs issuer: in the credential")
-        return cfg.issuer
-    return wanted
+            raise KeyFileError("assertion_audience", "'issuer' needs issuer: in the credential")
+        issuer = cfg.issuer
+        return lambda endpoint: issuer
+    return lambda endpoint: wanted
 
 
-def _assertion(cfg: CredentialConfig, token: str) -> ClientAuthentication:
+def _assertion(client_id: str, token: str) -> ClientAuthentication:
     return ClientAuthentication(
         form={
-            "client_id": cfg.client_id or "",
+            "client_id": client_id,
             "client_assertion_type": ASSERTION_TYPE,
             "client_assertion": token,
         }
     )
 
 
-def private_key_jwt(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
+def private_key_jwt(cfg: CredentialConfig) -> Authenticate:
     """A JWT signed with the client's private key (OIDC Core §9 `private_key_jwt`)."""
     from . import keys  # PyJWT and cryptography load when a key is first used, not with config
 
-    key = keys.load_private_key(
+    key, alg = keys.load_signing_key(
         cfg.options["private_key_file"],
         key="private_key_file",
         passphrase=cfg.options.get("private_key_passphrase"),
+        wanted=cfg.options.get("signing_alg"),
     )
-    alg = keys.algorithm_for(key, cfg.options.get("signing_alg"), key="private_key_file")
     headers: dict[str, str] = {}
     if kid := cfg.options.get("key_id"):
         headers["kid"] = kid
     if cert := cfg.options.get("certificate_file"):
         headers["x5t#S256"] = keys.cert_thumbprint(cert, key="certificate_file")
-    client_id = cfg.client_id or ""
-    claims = keys.fresh_claims(client_id, client_id, _audience(cfg, endpoint), ASSERTION_LIFETIME)
-    return _assertion(cfg, keys.sign(claims, key, alg, headers=headers))
+    client_id, audience = cfg.client_id or "", _audience(cfg)
+
+    def authenticate(endpoint: str) -> ClientAuthentication:
+        claims = keys.fresh_claims(client_id, client_id, audience(endpoint), ASSERTION_LIFETIME)
+        return _assertion(client_id, keys.sign(claims, key, alg, headers=headers))
+
+    return authenticate
 
 
-def client_secret_jwt(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
+def client_secret_jwt(cfg: CredentialConfig) -> Authenticate:
     """A JWT MACed with the client secret (OIDC Core §9 `client_secret_jwt`, HS256)."""
     from . import keys
 
-    client_id = cfg.client_id or ""
-    claims = keys.fresh_claims(client_id, client_id, _audience(cfg, endpoint), ASSERTION_LIFETIME)
-    return _assertion(cfg, keys.sign(claims, cfg.client_secret or "", "HS256"))
+    client_id, secret, audience = cfg.client_id or "", cfg.client_secret or "", _audience(cfg)
+
+    def authenticate(endpoint: str) -> ClientAuthentication:
+        claims = keys.fresh_claims(client_id, client_id, audience(endpoint), ASSERTION_LIFETIME)
+        return _assertion(client_id, keys.sign(claims, secret, "HS256"))
+
+    return authenticate
 
 
-def tls(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
+def tls(cfg: CredentialConfig) -> Authenticate:
     """Mutual TLS (RFC 8705 §2): the client's certificate proves it, its id goes in the body.
     `tls_client_auth` (a CA-issued certificate the IdP knows by subject) and
-    `self_signed_tls_client_auth` (one it knows by its key) differ only at the IdP."""
+    `self_signed_tls_client_auth` (one it knows by its key) differ only at the IdP. The pair
+    is checked once; the TLS library reads the files when it connects."""
     from . import keys
 
     cert = keys.check_tls_pair(
         cfg.options["client_certificate_file"], cfg.options["client_key_file"]
     )
-    return ClientAuthentication(form={"client_id": cfg.client_id or ""}, cert=cert)
+    return _always(ClientAuthentication(form={"client_id": cfg.client_id or ""}, cert=cert))
 
 
 _TLS_FILES = ("client_certificate_file", "client_key_file")
@@ -167,13 +198,20 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
-def authenticate(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
-    """What to add to one request to `endpoint`. A grant without a client (a JWT-bearer grant
-    whose assertion alone proves who asks) adds nothing."""
+def prepare(cfg: CredentialConfig) -> Authenticate:
+    """The credential's client authentication, its files read and checked now (a
+    `KeyFileError` says what is wrong). A grant without a client (a JWT-bearer grant whose
+    assertion alone says who asks) adds nothing."""
     if not cfg.client_id:
-        return ClientAuthentication()
+        return _always(ClientAuthentication())
     method: Method = resolve(METHODS[cfg.client_auth].function)
+    return method(cfg)
+
+
+def authenticate(cfg: CredentialConfig, endpoint: str) -> ClientAuthentication:
+    """What to add to one request to `endpoint`, the files read now: for one-off requests.
+    A grant prepares its authentication once (`prepare`) and reuses it."""
     try:
-        return method(cfg, endpoint)
+        return prepare(cfg)(endpoint)
     except KeyFileError as e:
         raise GrantError("bad_client_key", f"credential {cfg.name!r}: {e}", terminal=True) from None

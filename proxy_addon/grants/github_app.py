@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,12 +21,19 @@ from ..errors import GrantError
 from ..idp_http import Answer, exchange
 from ..sanitize import clean
 from ..tokens import Token
-from .keys import KeyFileError, algorithm_for, load_private_key, sign
+from .keys import KeyFileError, PrivateKey, load_signing_key, sign
 
 if TYPE_CHECKING:
     from ..config import CredentialConfig
 
-__all__ = ["DEFAULT_API_URL", "GitHubAppGrant", "app_jwt_claims", "parse_permissions"]
+__all__ = [
+    "DEFAULT_API_URL",
+    "App",
+    "GitHubAppGrant",
+    "app_jwt_claims",
+    "load_app",
+    "parse_permissions",
+]
 
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
@@ -53,6 +61,47 @@ def parse_permissions(words: str) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class App:
+    """What a github_app credential says, its key file read and checked once, at start."""
+
+    issuer: str  # the app id or client id: the app JWT's `iss`
+    url: str  # the installation's access_tokens endpoint
+    body: bytes = field(repr=False)  # the narrowing asked for (repositories, permissions)
+    private_key: PrivateKey = field(repr=False)
+
+
+def load_app(cfg: CredentialConfig) -> App:
+    """The app a credential names, or a `KeyFileError` naming the key that is wrong."""
+    opts = cfg.options
+    issuer = opts.get("app_id") or cfg.client_id
+    if not issuer:
+        raise KeyFileError("app_id", "give app_id (or the app's client_id)")
+    installation = opts.get("installation_id", "")
+    if not installation.isdigit():
+        raise KeyFileError("installation_id", f"expected a number, got {installation!r}")
+    api_url = (opts.get("api_url") or DEFAULT_API_URL).rstrip("/")
+    if not api_url.startswith("https://"):
+        raise KeyFileError("api_url", f"expected an https:// URL, got {api_url!r}")
+    body: dict[str, Any] = {}
+    if repositories := opts.get("repositories", "").split():
+        body["repositories"] = repositories
+    try:
+        permissions = parse_permissions(opts.get("permissions", ""))
+    except ValueError as e:
+        raise KeyFileError("permissions", str(e).removeprefix("permissions: ")) from None
+    if permissions:
+        body["permissions"] = permissions
+    key, _ = load_signing_key(  # GitHub takes RS256 only
+        opts.get("private_key_file", ""),
+        key="private_key_file",
+        passphrase=opts.get("private_key_passphrase"),
+        wanted="RS256",
+    )
+    url = f"{api_url}/app/installations/{installation}/access_tokens"
+    return App(issuer, url, json.dumps(body).encode(), key)
+
+
 class GitHubAppGrant:
     refreshable = True  # a refused token is replaced by a new installation token
     persist = True
@@ -60,45 +109,35 @@ class GitHubAppGrant:
 
     def __init__(self, cfg: CredentialConfig, verify: str | bool) -> None:
         self.cfg, self.name, self.verify = cfg, cfg.name, verify
+        self._app: App | None = None
 
     def _bad(self, message: str, code: str = "bad_github_app_config") -> GrantError:
         return GrantError(code, f"credential {self.name!r}: {message}", terminal=True)
 
+    def load_keys(self) -> None:
+        """Read and check the app's key file (and the rest of its config), once: at start."""
+        self._app = load_app(self.cfg)
+
+    def app(self) -> App:
+        if self._app is None:
+            try:
+                self.load_keys()
+            except KeyFileError as e:
+                raise self._bad(str(e)) from None
+        assert self._app is not None  # load_keys sets it or raises
+        return self._app
+
     def request(self) -> tuple[str, dict[str, str], bytes]:
         """URL, headers and body of the token request (the app JWT signed now)."""
-        opts = self.cfg.options
-        issuer = opts.get("app_id") or self.cfg.client_id
-        if not issuer:
-            raise self._bad("give app_id (or the app's client_id)")
-        installation = opts.get("installation_id", "")
-        if not installation.isdigit():
-            raise self._bad(f"installation_id: expected a number, got {installation!r}")
-        api_url = (opts.get("api_url") or DEFAULT_API_URL).rstrip("/")
-        if not api_url.startswith("https://"):
-            raise self._bad(f"api_url: expected an https:// URL, got {api_url!r}")
-        body: dict[str, Any] = {}
-        if repositories := opts.get("repositories", "").split():
-            body["repositories"] = repositories
-        try:
-            if permissions := parse_permissions(opts.get("permissions", "")):
-                body["permissions"] = permissions
-            key = load_private_key(
-                opts.get("private_key_file", ""),
-                key="private_key_file",
-                passphrase=opts.get("private_key_passphrase"),
-            )
-            algorithm_for(key, "RS256", key="private_key_file")  # GitHub takes RS256 only
-        except (KeyFileError, ValueError) as e:
-            raise self._bad(str(e)) from None
-        app_jwt = sign(app_jwt_claims(issuer), key, "RS256")
+        app = self.app()
+        app_jwt = sign(app_jwt_claims(app.issuer), app.private_key, "RS256")
         headers = {
             "Authorization": f"Bearer {app_jwt}",
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
             "Content-Type": "application/json",
         }
-        url = f"{api_url}/app/installations/{installation}/access_tokens"
-        return url, headers, json.dumps(body).encode()
+        return app.url, headers, app.body
 
     def obtain(self, previous: Token | None) -> Token:
         url, headers, body = self.request()

@@ -36,6 +36,7 @@ __all__ = [
     "check_tls_pair",
     "fresh_claims",
     "load_private_key",
+    "load_signing_key",
     "read_private_file",
     "sign",
 ]
@@ -57,21 +58,23 @@ def read_private_file(path: str, *, key: str) -> bytes:
     try:
         st = p.stat()
         if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{key}: {p} is not a regular file")
+            raise KeyFileError(key, "is not a regular file", str(p))
         if st.st_mode & 0o077:
             raise KeyFileError(
-                f"{key}: {p} can be read by other users (mode {stat.S_IMODE(st.st_mode):o}); "
-                f"run `chmod 600 {p}`"
+                key,
+                f"can be read by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+                f"run `chmod 600 {p}`",
+                str(p),
             )
         if st.st_size > MAX_KEY_FILE:
-            raise KeyFileError(f"{key}: {p} is larger than {MAX_KEY_FILE // 1024} KiB")
+            raise KeyFileError(key, f"is larger than {MAX_KEY_FILE // 1024} KiB", str(p))
         return p.read_bytes()
     except FileNotFoundError:
-        raise KeyFileError(f"{key}: no such file: {p}") from None
+        raise KeyFileError(key, "no such file", str(p)) from None
     except PermissionError:
-        raise KeyFileError(f"{key}: cannot read {p}: permission denied") from None
+        raise KeyFileError(key, "cannot read it: permission denied", str(p)) from None
     except OSError as e:
-        raise KeyFileError(f"{key}: cannot read {p}: {e.strerror}") from None
+        raise KeyFileError(key, f"cannot read it: {e.strerror}", str(p)) from None
 
 
 def load_private_key(path: str, *, key: str, passphrase: str | None = None) -> PrivateKey:
@@ -87,7 +90,10 @@ def load_private_key(path: str, *, key: str, passphrase: str | None = None) -> P
 
 @functools.lru_cache(maxsize=64)
 def _load_cached(path: str, key: str, passphrase: str | None, stamp: tuple[int, ...]) -> PrivateKey:
-    return parse_private_key(read_private_file(path, key=key), key=key, passphrase=passphrase)
+    try:
+        return parse_private_key(read_private_file(path, key=key), key=key, passphrase=passphrase)
+    except KeyFileError as e:
+        raise e.at(path) from None
 
 
 def parse_private_key(pem: bytes, *, key: str, passphrase: str | None = None) -> PrivateKey:
@@ -99,26 +105,24 @@ def parse_private_key(pem: bytes, *, key: str, passphrase: str | None = None) ->
         # cryptography: "Password was not given but private key is encrypted" (or the reverse).
         if password is None:
             raise KeyFileError(
-                f"{key}: the key is encrypted; give its passphrase as private_key_passphrase"
+                key, "the key is encrypted; give its passphrase as private_key_passphrase"
             ) from None
-        raise KeyFileError(
-            f"{key}: the key is not encrypted; remove private_key_passphrase"
-        ) from None
+        raise KeyFileError(key, "the key is not encrypted; remove private_key_passphrase") from None
     except ValueError:
         if password is not None and b"ENCRYPTED" in pem:
-            raise KeyFileError(f"{key}: wrong passphrase for the encrypted key") from None
+            raise KeyFileError(key, "wrong passphrase for the encrypted key") from None
         raise KeyFileError(
-            f"{key}: not a PEM private key (expected '-----BEGIN PRIVATE KEY-----' or the RSA/"
-            "EC forms)"
+            key,
+            "not a PEM private key (expected '-----BEGIN PRIVATE KEY-----' or the RSA/EC forms)",
         ) from None
     except Exception as e:  # unsupported algorithms and the like
-        raise KeyFileError(f"{key}: cannot load the key ({type(e).__name__})") from None
+        raise KeyFileError(key, f"cannot load the key ({type(e).__name__})") from None
     if isinstance(loaded, ed448.Ed448PrivateKey):
-        raise KeyFileError(f"{key}: Ed448 keys are not supported; use Ed25519")
+        raise KeyFileError(key, "Ed448 keys are not supported; use Ed25519")
     if not isinstance(
         loaded, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
     ):
-        raise KeyFileError(f"{key}: unsupported key type {type(loaded).__name__}")
+        raise KeyFileError(key, f"unsupported key type {type(loaded).__name__}")
     return loaded
 
 
@@ -135,20 +139,32 @@ def algorithm_for(private_key: PrivateKey, wanted: str | None, *, key: str) -> s
     kind = _kind(private_key)
     if isinstance(private_key, rsa.RSAPrivateKey) and private_key.key_size < 2048:
         bits = private_key.key_size
-        raise KeyFileError(f"{key}: the RSA key has {bits} bits; use 2048 or more")
+        raise KeyFileError(key, f"the RSA key has {bits} bits; use 2048 or more")
     if wanted is None:
         natural = {"RSA": "RS256", "EC P-256": "ES256", "Ed25519": "EdDSA"}.get(kind)
         if natural is None:
-            raise KeyFileError(f"{key}: an {kind} key; use an EC P-256, RSA or Ed25519 key")
+            raise KeyFileError(key, f"an {kind} key; use an EC P-256, RSA or Ed25519 key")
         return natural
     if wanted not in ALGORITHMS:
-        raise KeyFileError(f"signing_alg: expected one of {', '.join(ALGORITHMS)}, got {wanted!r}")
+        expected = ", ".join(ALGORITHMS)
+        raise KeyFileError("signing_alg", f"expected one of {expected}, got {wanted!r}")
     if ALGORITHMS[wanted] != kind:
         raise KeyFileError(
-            f"{key}: signing_alg {wanted} needs an {ALGORITHMS[wanted]} key, the file holds an "
-            f"{kind} key"
+            key,
+            f"signing_alg {wanted} needs an {ALGORITHMS[wanted]} key, the file holds an {kind} key",
         )
     return wanted
+
+
+def load_signing_key(
+    path: str, *, key: str, passphrase: str | None = None, wanted: str | None = None
+) -> tuple[PrivateKey, str]:
+    """The private key in `path` and the JWS algorithm it signs with, checked together."""
+    private_key = load_private_key(path, key=key, passphrase=passphrase)
+    try:
+        return private_key, algorithm_for(private_key, wanted, key=key)
+    except KeyFileError as e:
+        raise (e.at(str(Path(path).expanduser())) if e.key == key else e) from None
 
 
 def load_certificate(path: str, *, key: str) -> x509.Certificate:
@@ -157,13 +173,15 @@ def load_certificate(path: str, *, key: str) -> x509.Certificate:
     try:
         data = p.read_bytes()
     except FileNotFoundError:
-        raise KeyFileError(f"{key}: no such file: {p}") from None
+        raise KeyFileError(key, "no such file", str(p)) from None
     except OSError as e:
-        raise KeyFileError(f"{key}: cannot read {p}: {e.strerror}") from None
+        raise KeyFileError(key, f"cannot read it: {e.strerror}", str(p)) from None
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError:
-        raise KeyFileError(f"{key}: {p} holds no PEM certificate") from None
+        raise KeyFileError(
+            key, "holds no PEM certificate (-----BEGIN CERTIFICATE-----)", str(p)
+        ) from None
 
 
 def cert_thumbprint(path: str, *, key: str) -> str:
@@ -221,12 +239,20 @@ def _check_pair_cached(cert: str, key: str, stamps: tuple[tuple[int, ...], ...])
     pem = read_private_file(key, key="client_key_file")
     if b"ENCRYPTED" in pem:
         raise KeyFileError(
-            f"client_key_file: {key} is encrypted; TLS takes no passphrase here, so store it "
-            f"decrypted and owner-only (openssl pkey -in {key} -out new.pem; chmod 600 new.pem)"
+            "client_key_file",
+            "is encrypted; TLS takes no passphrase here, so store it decrypted and owner-only "
+            f"(openssl pkey -in {key} -out new.pem; chmod 600 new.pem)",
+            key,
         )
-    private_key = parse_private_key(pem, key="client_key_file")
+    try:
+        private_key = parse_private_key(pem, key="client_key_file")
+    except KeyFileError as e:
+        raise e.at(key) from None
     certificate = load_certificate(cert, key="client_certificate_file")
     if certificate.public_key() != private_key.public_key():
         raise KeyFileError(
-            f"client_certificate_file: {cert} is not the certificate of client_key_file {key}"
+            "client_certificate_file",
+            f"is not the certificate of client_key_file {key}; give the certificate and key "
+            "that belong together",
+            cert,
         )

@@ -20,20 +20,24 @@ from ..dpop import NonceCache, nonce_asked, proof
 from ..errors import GrantError
 from ..idp_http import Answer, exchange
 from ..token_answer import parse_token_answer
-from .client_auth import authenticate
+from .base import KeyFileError
+from .client_auth import Authenticate, prepare
 
 if TYPE_CHECKING:
     from ..config import CredentialConfig
     from ..dpop import DpopKey
     from ..tokens import Token
 
-__all__ = ["ONE_TIME_GRANTS", "OAuthGrant", "TokenRequest"]
+__all__ = ["DPOP_REFRESH_REFUSALS", "ONE_TIME_GRANTS", "OAuthGrant", "TokenRequest"]
 
 logger = logging.getLogger(__name__)
 
 # Grant types whose request spends a one-time secret: sent twice, the second meets a spent
 # secret (and an IdP with reuse detection revokes the whole sign-in).
 ONE_TIME_GRANTS = frozenset({"refresh_token", "authorization_code"})
+# How an IdP refuses a DPoP-bound refresh token with a proof of another key (RFC 9449 §5 names
+# no error: some say invalid_grant, others invalid_dpop_proof).
+DPOP_REFRESH_REFUSALS = frozenset({"invalid_grant", "invalid_dpop_proof"})
 
 
 @dataclass(slots=True)
@@ -53,10 +57,13 @@ class OAuthGrant:
     refreshable = True
     persist = True
     seed_id: str | None = None
+    key_error_code = "bad_client_key"  # a key file found unusable at first use
 
     def __init__(self, cfg: CredentialConfig, verify: str | bool) -> None:
         self.cfg, self.name, self.verify = cfg, cfg.name, verify
         self._endpoints: Endpoints | None = None
+        self._client: Authenticate | None = None  # client authentication, its files read
+        self._keys_loaded = False
         # DPoP (RFC 9449): the credential's key, given by whoever owns the store
         # (`dpop_keys.attach_dpop_key`), and the nonces the IdP's origins asked for.
         self.dpop_key: DpopKey | None = None
@@ -64,6 +71,28 @@ class OAuthGrant:
 
     def obtain(self, previous: Token | None) -> Token:
         raise NotImplementedError
+
+    def load_keys(self) -> None:
+        """Read and check every key, certificate and service-account file the grant signs or
+        connects with, once: the runtime calls this at start, so that a bad file stops the
+        start with a `KeyFileError` naming it, and requests reuse what was loaded. (A grant a
+        command-line tool builds loads them at first use instead.)"""
+        self._load_keys()
+        self._keys_loaded = True
+
+    def _load_keys(self) -> None:
+        """What `load_keys` loads; a subclass with files of its own extends it."""
+        self._client = prepare(self.cfg)
+
+    def keys_loaded(self) -> None:
+        """`load_keys` now if nobody has yet; a bad file is then a terminal GrantError."""
+        if not self._keys_loaded:
+            try:
+                self.load_keys()
+            except KeyFileError as e:
+                raise GrantError(
+                    self.key_error_code, f"credential {self.name!r}: {e}", terminal=True
+                ) from None
 
     def endpoints(self) -> Endpoints:
         """Configured or discovered once (from `issuer`) and kept."""
@@ -96,7 +125,10 @@ class OAuthGrant:
 
     def post(self, url: str, form: dict[str, str], *, what: str, timeout: float) -> Answer:
         """One bounded POST to `url` with `form` and the client's authentication."""
-        client = authenticate(self.cfg, url)
+        self.keys_loaded()
+        authenticate = self._client
+        assert authenticate is not None  # loaded with the keys
+        client = authenticate(url)
         request = self.prepare(
             TokenRequest(
                 url, {**form, **client.form}, dict(client.headers), client.basic, client.cert
@@ -107,7 +139,7 @@ class OAuthGrant:
         if retry is None:
             return answer
         # A fresh client assertion too: the refused request may have spent its jti.
-        retry.form.update(authenticate(self.cfg, url).form)
+        retry.form.update(authenticate(url).form)
         answer = self._send(self.prepare(retry), what, timeout)
         if self.dpop_key is not None:
             self.dpop_nonces.learn(url, answer.headers)
@@ -178,21 +210,43 @@ class OAuthGrant:
         return parsed.token
 
     def refresh(self, refresh_token: str, previous: Token | None = None) -> Token:
-        token = self.call(
-            "refresh_token request",
-            # No scope: a refresh keeps the granted scopes (RFC 6749 §6), which may be fewer
-            # than those asked for.
-            {"grant_type": "refresh_token", "refresh_token": refresh_token},
-            timeout=self.cfg.policy.refresh_timeout,
-            sent=(
-                refresh_token,
-                *((previous.access_token, previous.refresh_token) if previous else ()),
-            ),
-        )
+        try:
+            token = self.call(
+                "refresh_token request",
+                # No scope: a refresh keeps the granted scopes (RFC 6749 §6), which may be fewer
+                # than those asked for.
+                {"grant_type": "refresh_token", "refresh_token": refresh_token},
+                timeout=self.cfg.policy.refresh_timeout,
+                sent=(
+                    refresh_token,
+                    *((previous.access_token, previous.refresh_token) if previous else ()),
+                ),
+            )
+        except GrantError as e:
+            if self.dpop_key is not None and e.code in DPOP_REFRESH_REFUSALS:
+                raise self._dpop_refresh_refused(e) from None
+            raise
         # Keep the refresh token we used if the IdP did not rotate it (RFC 6749 §6).
         if not token.refresh_token:
             token = replace(token, refresh_token=refresh_token)
         return replace(token, seed_id=self.seed_id)
+
+    def _dpop_refresh_refused(self, e: GrantError) -> GrantError:
+        """A DPoP refresh refused: the refresh token is bound to the key it was issued with
+        (RFC 9449 §5), and no other proof, however fresh, will redeem it. Terminal, so that
+        the cache stops asking; `invalid_grant`, so that clients and `status` are told to
+        sign in again."""
+        thumbprint = self.dpop_key.thumbprint if self.dpop_key else ""
+        return GrantError(
+            "invalid_grant",
+            f"{e}. The refresh token is bound to the DPoP key it was "
+            f"issued to, and the IdP refused a proof of the key held now (thumbprint "
+            f"{thumbprint[:12]}...); if the key stored with the credential's tokens was lost "
+            "or replaced, the tokens bound to the old key cannot be used any more: a new "
+            f"sign-in is needed (run `{hints.login(self.name)}`, or put a new refresh_token in "
+            "the config)",
+            terminal=True,
+        )
 
     def needs_login(self) -> GrantError:
         return GrantError(

@@ -9,7 +9,8 @@ Adding a grant (say `jwt_bearer`):
 1. `grants/jwt_bearer.py`: a class taking `(cfg, verify)` with `name`, `refreshable`,
    `seed_id`, `persist` and `obtain(previous)` (see `base.Grant`); an OAuth grant subclasses
    `oauth.OAuthGrant` and calls `self.call(what, form)`. Its own config keys arrive in
-   `cfg.options` (or `cfg.value(key)`); IdP failures are `GrantError`s.
+   `cfg.options` (or `cfg.value(key)`); IdP failures are `GrantError`s. Files it reads (a
+   signing key) are read in `load_keys()` (an OAuth grant: `_load_keys`), once, at start.
 2. One line below: `"jwt_bearer": GrantSpec(".jwt_bearer:JwtBearerGrant", ConfigRules(
    required=("issuer_claim", "private_key_file"), secret=(...)))`.
 Config checking, `authproxy tokens`, the status page, the store and `authproxy login` follow.

@@ -10,15 +10,10 @@ ever logged.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-from .grants.keys import KeyFileError, check_tls_pair
+from .grants.keys import KeyFileError, check_tls_pair, load_tls_pair
 
 if TYPE_CHECKING:
     from .routes import Route
@@ -50,16 +45,8 @@ def client_cert_for(routes: tuple[Route, ...], host: str, port: int) -> tuple[st
     return None
 
 
-@functools.lru_cache(maxsize=32)
-def _load(cert: str, key: str) -> tuple[Any, Any]:
-    certificate = x509.load_pem_x509_certificate(Path(cert).read_bytes())
-    private_key = load_pem_private_key(Path(key).read_bytes(), password=None)
-    return certificate, private_key
-
-
 def present_client_cert(ssl_conn: Any, cert: str, key: str) -> None:
     """Put the client certificate on one pyOpenSSL connection before its handshake."""
-    cert, key = check_tls_pair(cert, key)  # cheap when unchanged (cached by file stamps)
-    certificate, private_key = _load(cert, key)
+    certificate, private_key = load_tls_pair(cert, key)  # cached while the files are unchanged
     ssl_conn.use_certificate(certificate)
     ssl_conn.use_privatekey(private_key)

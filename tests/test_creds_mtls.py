@@ -147,3 +147,36 @@ def test_route_certificate_files_are_checked_at_start(tmp_path: Path, start_prox
         parse_config({"credentials": {"c": {"grant": "static", "token": "t"}},
                       "routes": [route("a.test", 443, "c", client_certificate_file="/c")]},
                      "t.yaml")  # fmt: skip
+
+
+class _RecordingConnection:
+    """Stands in for the pyOpenSSL connection: records what it is asked to present."""
+
+    def __init__(self) -> None:
+        self.certificate: Any = None
+        self.private_key: Any = None
+
+    def use_certificate(self, certificate: Any) -> None:
+        self.certificate = certificate
+
+    def use_privatekey(self, private_key: Any) -> None:
+        self.private_key = private_key
+
+
+def test_a_renewed_route_certificate_is_presented_without_a_restart(tmp_path: Path) -> None:
+    from proxy_addon.mtls import present_client_cert
+
+    cert, key = self_signed(tmp_path, "live")
+    first = _RecordingConnection()
+    present_client_cert(first, str(cert), str(key))
+    # A renewal tool writes the new pair beside the old one and renames it into place.
+    (tmp_path / "renewed").mkdir()
+    new_cert, new_key_file = self_signed(tmp_path / "renewed", "live")
+    new_key_file.replace(key)
+    new_cert.replace(cert)
+    second = _RecordingConnection()
+    present_client_cert(second, str(cert), str(key))
+    renewed = x509.load_pem_x509_certificate(cert.read_bytes())
+    assert second.certificate == renewed
+    assert first.certificate != renewed
+    assert second.private_key.public_key() == renewed.public_key()

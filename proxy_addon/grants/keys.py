@@ -224,18 +224,30 @@ def check_tls_pair(cert_path: str, key_path: str) -> tuple[str, str]:
     passphrase here), the certificate a PEM certificate for that very key."""
     cert = str(Path(cert_path).expanduser())
     key = str(Path(key_path).expanduser())
-    try:
-        stamps = tuple(
-            (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode) for st in map(os.stat, (cert, key))
-        )
-    except OSError:
-        stamps = ((0, 0, 0, 0), (0, 0, 0, 0))
-    _check_pair_cached(cert, key, stamps)
+    _check_pair_cached(cert, key, _stamps(cert, key))
     return cert, key
 
 
+def load_tls_pair(cert_path: str, key_path: str) -> tuple[x509.Certificate, Any]:
+    """The checked certificate and key objects, read again whenever either file changes on
+    disk (a renewed certificate is presented on the next connection, no restart needed)."""
+    cert, key = check_tls_pair(cert_path, key_path)
+    return _check_pair_cached(cert, key, _stamps(cert, key))
+
+
+def _stamps(*paths: str) -> tuple[tuple[int, ...], ...]:
+    try:
+        return tuple(
+            (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode) for st in map(os.stat, paths)
+        )
+    except OSError:
+        return tuple((0, 0, 0, 0) for _ in paths)
+
+
 @functools.lru_cache(maxsize=64)
-def _check_pair_cached(cert: str, key: str, stamps: tuple[tuple[int, ...], ...]) -> None:
+def _check_pair_cached(
+    cert: str, key: str, stamps: tuple[tuple[int, ...], ...]
+) -> tuple[x509.Certificate, Any]:
     pem = read_private_file(key, key="client_key_file")
     if b"ENCRYPTED" in pem:
         raise KeyFileError(
@@ -256,3 +268,4 @@ def _check_pair_cached(cert: str, key: str, stamps: tuple[tuple[int, ...], ...])
             "that belong together",
             cert,
         )
+    return certificate, private_key

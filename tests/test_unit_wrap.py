@@ -19,7 +19,7 @@ from harness import cc_credential
 from support.inproc_cli import authproxy
 from support.keys import new_key, self_signed_cert
 
-from proxy_addon.config import load_config, parse_config
+from proxy_addon.config import load_config, parse_config, unavailable
 from proxy_addon.config_lint import bypass_warnings
 from proxy_addon.demo.certs import Pki
 from proxy_addon.netutil import free_port
@@ -242,3 +242,23 @@ def test_exec_command_not_found(capsys: Capsys) -> None:
         code = _run_command(["no-such-command-authproxy-test"], {}, signals, set())
     assert code == 127
     assert "no-such-command-authproxy-test: command not found" in capsys.readouterr().err
+
+
+# --- without the config's secrets (issue 13 §2) -------------------------------------------------
+
+
+def test_a_missing_secret_is_unavailable_not_empty(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "credentials:\n  a:\n    grant: client_credentials\n"
+        "    token_url: https://idp.example.com/t\n    client_id: c\n"
+        "    client_secret: ${AP_NOPE}\n"
+        "  b:\n    grant: client_credentials\n"
+        "    token_url: https://idp.example.com/t\n    client_id: c\n"
+        "    client_secret_file: /nonexistent/secret\n"
+        "proxy_auth: ${AP_PROXY_AUTH:-u:p}\n"
+    )
+    cfg = load_config(path, env={}, need_secrets=False)
+    assert unavailable(cfg.credentials["a"].client_secret)
+    assert unavailable(cfg.credentials["b"].client_secret)
+    assert cfg.proxy_auth == "u:p"

@@ -19,6 +19,7 @@ from proxy_addon import __version__
 from proxy_addon.cli import _parser, parse_listen
 from proxy_addon.completion import script
 from proxy_addon.config import ConfigError, load_config
+from proxy_addon.netutil import free_port
 from proxy_addon.store.keys import Keyring
 from proxy_addon.store.sqlite import SqliteStore
 from proxy_addon.tokens import Token
@@ -333,4 +334,13 @@ def test_check_refuses_a_store_written_with_another_key(
     done = authproxy(capsys, "--config", str(path), "check")
     assert done.returncode == 2, done.stdout
     assert "different key" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_authproxy_reload_without_a_proxy_says_so(tmp_path: Path, capsys: Capsys) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{free_port()}", "routes": []}))
+    done = authproxy(capsys, "--config", str(path), "reload")
+    assert done.returncode == 1
+    assert "nothing to reload" in done.stderr
     assert "Traceback" not in done.stderr

@@ -387,8 +387,8 @@ def test_exec_forwards_sigint_to_the_command_not_the_proxy(
     # On SIGINT the command calls the API once more: that works only if the proxy is still up.
     script = f"""
         trap 'kill $pid; curl -sS --fail --max-time 30 {api_url(api, "/after-int")}; exit 42' INT
-        printf '%s\\n' "$HTTPS_PROXY"
         sleep 60 & pid=$!
+        printf '%s\\n' "$HTTPS_PROXY"  # after $pid is set: the test sends SIGINT on this line
         wait $pid
     """
     proc = wrapped.popen_exec("sh", "-c", script)

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from cryptography.fernet import Fernet
 from harness import Proxy, cc_credential, route, run_cli
 
 from proxy_addon.cache import STORE_LOOK
 from proxy_addon.demo.api import ApiServer
 from proxy_addon.demo.idp import AuthServer
-from proxy_addon.store.keys import Keyring
-from proxy_addon.store.sealer import Sealer, UndecryptableError
-from proxy_addon.store.sqlite import SqliteStore
-from proxy_addon.tokens import Token
 
 
 def _config(idp: AuthServer, api: ApiServer) -> dict[str, object]:
@@ -69,26 +63,3 @@ def test_authproxy_refresh_reaches_the_running_proxy(
     status, second = _fp(proxy, api)  # the very next request
     assert status == 200 and second != first
     assert idp.token_requests == 2  # the proxy took the stored token, it did not fetch one
-
-
-def test_the_sealer_reads_a_changed_key_file_again(tmp_path: Path) -> None:
-    old, new = Fernet.generate_key(), Fernet.generate_key()
-    current = [Keyring.from_keys([old], "key file k")]
-    token = Token(access_token="t" * 24, expires_at=4e9, obtained_at=0.0)
-    db = tmp_path / "state" / "tokens.db"
-    with SqliteStore(db, Sealer(current[0], reread=lambda: current[0])) as running:
-        running.put("a#1", token, None)
-        with SqliteStore(db, Keyring.from_keys([old], "k"), create=False) as cli:
-            assert cli.reseal(Sealer(Keyring.from_keys([new, old], "k"))) == 1
-        current[0] = Keyring.from_keys([new, old], "key file k (rotated)")
-        record = running.get("a#1")
-        assert record is not None and record.token == token
-    # Without a way to read the keys again, the same situation is an error that never says
-    # to delete the token.
-    with SqliteStore(db, Keyring.from_keys([old], "k"), create=False) as stale:
-        try:
-            stale.get("a#1")
-        except UndecryptableError as e:
-            assert "logout" not in str(e)
-        else:
-            raise AssertionError("a stale keyring read a re-encrypted row")

@@ -1,5 +1,6 @@
 """Interactive sign-in end to end: `authproxy login` as a real process, a scripted person in a
-"browser" (tests/support/user_agent.py) against the test authorization server, then the proxy."""
+"browser" (tests/support/user_agent.py) against the test authorization server, then the proxy.
+The failures a person can meet, and login CSRF, in-process: test_unit_login.py."""
 
 from __future__ import annotations
 
@@ -163,29 +164,6 @@ def test_proxy_says_which_command_to_run_then_picks_up_the_login(
     assert r.status_code == 200
 
 
-def test_denied_consent(tmp_path, pki, people, api) -> None:
-    cli = Cli(_write(tmp_path, _config(tmp_path, pki, people, api.port,
-                                       grant="authorization_code")), "login", "api")  # fmt: skip
-    sign_in(_auth_url(cli), username=USER, password=PASSWORD, approve=False, ca=str(pki.ca_cert))
-    code, out = cli.finish()
-    assert code == 1
-    assert "authproxy: login api: sign-in was denied at the provider" in out
-    assert "Traceback" not in out
-
-
-def test_no_browser_paste_with_tampered_state(tmp_path, pki, people, api) -> None:
-    cfg = _config(tmp_path, pki, people, api.port, grant="authorization_code")
-    cli = Cli(_write(tmp_path, cfg), "login", "api", "--no-browser")
-    url = _auth_url(cli)
-    final = sign_in(url, username=USER, password=PASSWORD, ca=str(pki.ca_cert),
-                    follow_redirect=False)  # fmt: skip
-    tampered = final.replace("state=", "state=x")
-    code, out = cli.finish(tampered + "\n")
-    assert code == 1
-    assert "the redirect's state does not match this login" in out
-    assert people.grant_counts == {}  # the code was never exchanged
-
-
 def test_no_browser_paste_works(tmp_path, pki, people, api) -> None:
     cfg = _config(tmp_path, pki, people, api.port, grant="authorization_code")
     cli = Cli(_write(tmp_path, cfg), "login", "api", "--no-browser")
@@ -194,43 +172,6 @@ def test_no_browser_paste_works(tmp_path, pki, people, api) -> None:
     code, out = cli.finish(final + "\n")
     assert code == 0, out
     assert people.grant_counts == {"authorization_code": 1}
-
-
-def test_pkce_verifier_mismatch(tmp_path, pki, people, api) -> None:
-    from requests_oauthlib import OAuth2Session
-
-    cfg = _config(tmp_path, pki, people, api.port, grant="authorization_code")
-    cli = Cli(_write(tmp_path, cfg), "login", "api", "--no-browser")
-    url = _auth_url(cli)
-    q = parse_qs(urlsplit(url).query)
-    # A code obtained by someone else's authorization request (another PKCE challenge).
-    other = OAuth2Session(PUBLIC_CLIENT, redirect_uri=q["redirect_uri"][0], pkce="S256")
-    other_url, _ = other.authorization_url(people.authorize_url)
-    stolen = sign_in(other_url, username=USER, password=PASSWORD, ca=str(pki.ca_cert),
-                     follow_redirect=False)  # fmt: skip
-    code_value = parse_qs(urlsplit(stolen).query)["code"][0]
-    iss = parse_qs(urlsplit(stolen).query)["iss"][0]  # RFC 9207: the IdP names itself
-    pasted = f"{q['redirect_uri'][0]}?code={code_value}&state={q['state'][0]}&iss={iss}"
-    code, out = cli.finish(pasted + "\n")
-    assert code == 1
-    assert "the provider refused the authorization code" in out
-    assert "PKCE verifier did not match" in out
-
-
-def test_wrong_redirect_url_pasted(tmp_path, pki, people, api) -> None:
-    cfg = _config(tmp_path, pki, people, api.port, grant="authorization_code")
-    cli = Cli(_write(tmp_path, cfg), "login", "api", "--no-browser")
-    _auth_url(cli)
-    code, out = cli.finish("http://127.0.0.1:1/elsewhere?code=x&state=y\n")
-    assert code == 1
-    assert "that is not the redirect this login waits for" in out
-
-
-def test_login_timeout(tmp_path, pki, people, api) -> None:
-    cfg = _config(tmp_path, pki, people, api.port, grant="authorization_code")
-    code, out = Cli(_write(tmp_path, cfg), "login", "api", "--timeout", "0.5").finish()
-    assert code == 1
-    assert "no sign-in arrived within 0s" in out or "no sign-in arrived within 1s" in out
 
 
 def test_device_flow_pending_slow_down_approve(tmp_path, pki, people, api, proxy_for) -> None:
@@ -247,21 +188,6 @@ def test_device_flow_pending_slow_down_approve(tmp_path, pki, people, api, proxy
     assert people.grant_counts.get("urn:ietf:params:oauth:grant-type:device_code", 0) >= 2
     proxy = proxy_for({k: v for k, v in cfg.items() if k != "confdir"})
     assert proxy.session().get(f"https://api.example.test:{api.port}/", timeout=30).ok
-
-
-def test_device_flow_denied_and_expired(tmp_path, pki, people, api) -> None:
-    people.device_interval = 0.1
-    cfg = _config(tmp_path, pki, people, api.port, grant="device_code")
-    cli = Cli(_write(tmp_path, cfg), "login", "api")
-    complete = cli.wait_for("user_code=").strip().strip("()").removeprefix("or open ")
-    approve_device(complete, username=USER, password=PASSWORD, approve=False, ca=str(pki.ca_cert))
-    code, out = cli.finish()
-    assert (code, "authproxy: login api: sign-in was denied at the provider" in out) == (1, True)
-
-    people.device_code_ttl = 1
-    code, out = Cli(_write(tmp_path, cfg), "login", "api").finish()
-    assert code == 1
-    assert "the code expired before the sign-in was approved" in out
 
 
 def test_password_grant_and_refresh_and_logout(

@@ -10,7 +10,6 @@ from pathlib import Path
 from harness import Proxy, cc_credential, route
 from test_e2e_wrap import api_url, assert_authorized_call, clean_env
 
-from proxy_addon.config import load_config, unavailable
 from proxy_addon.demo.api import ApiServer
 from proxy_addon.demo.idp import AuthServer
 
@@ -55,20 +54,3 @@ def test_commands_that_need_no_secret(
     assert code == 0, err
     assert "stored tokens deleted; not revoked at the provider (its client_secret is not" in out
     assert idp.revocations == 0
-
-
-def test_a_missing_secret_is_unavailable_not_empty(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(
-        "credentials:\n  a:\n    grant: client_credentials\n"
-        "    token_url: https://idp.example.com/t\n    client_id: c\n"
-        "    client_secret: ${AP_NOPE}\n"
-        "  b:\n    grant: client_credentials\n"
-        "    token_url: https://idp.example.com/t\n    client_id: c\n"
-        "    client_secret_file: /nonexistent/secret\n"
-        "proxy_auth: ${AP_PROXY_AUTH:-u:p}\n"
-    )
-    cfg = load_config(path, env={}, need_secrets=False)
-    assert unavailable(cfg.credentials["a"].client_secret)
-    assert unavailable(cfg.credentials["b"].client_secret)
-    assert cfg.proxy_auth == "u:p"

@@ -1,4 +1,5 @@
-"""The encrypted store through real proxies: restarts, keys, and several processes sharing it."""
+"""The encrypted store through real proxies: restarts, and several processes sharing it. The
+store's key at start and `rotate-key`: test_unit_store_keys.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
 from harness import CLIENT_ID, CLIENT_SECRET, cc_credential, route, secrets_in
 
 from proxy_addon.demo.api import ApiServer
@@ -49,29 +49,6 @@ def test_restart_needs_no_new_token_and_store_holds_no_plaintext(
     assert secrets_in([p.read_bytes() for p in state], [*issued, CLIENT_SECRET]) == []
     assert oct((tmp_path / "state" / "tokens.db").stat().st_mode & 0o777) == "0o600"
     assert oct((tmp_path / "keys" / "store.key").stat().st_mode & 0o777) == "0o600"
-
-
-def test_wrong_key_refuses_to_start_and_leaves_store_untouched(
-    start_proxy, idp, api, tmp_path: Path
-) -> None:
-    import hashlib
-
-    config = {"credentials": {"api": cc_credential(idp.token_url)},
-              "routes": [route("api.example.test", api.port)]}  # fmt: skip
-    p = start_proxy(config)
-    assert p.session().get(f"https://api.example.test:{api.port}/", timeout=30).ok
-    p.stop()
-    db = tmp_path / "state" / "tokens.db"
-    before = hashlib.sha256(db.read_bytes()).hexdigest()
-    try:
-        start_proxy(config, name="wrongkey", env={"AUTHPROXY_KEY": Fernet.generate_key().decode()})
-    except AssertionError as e:
-        message = str(e)
-    else:
-        raise AssertionError("a proxy with the wrong key started")
-    assert "'api'" in message and "AUTHPROXY_KEY" in message
-    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
-    assert idp.token_requests == 1  # nothing was re-fetched silently
 
 
 def _drive(proxies: list, api: ApiServer, seconds: float, threads_per_proxy: int) -> list[int]:
@@ -141,31 +118,3 @@ def test_401_storm_across_processes_makes_one_refresh(start_proxy, idp, api) -> 
     assert statuses == [200] * 30
     assert idp.token_requests == 2
     assert all(e["status"] == 200 for e in idp.requests_log)
-
-
-def test_rotate_key_keeps_every_token_readable(start_proxy, idp, api, tmp_path: Path) -> None:
-    from harness import run_cli
-
-    config = {"credentials": {"api": cc_credential(idp.token_url)},
-              "routes": [route("api.example.test", api.port)]}  # fmt: skip
-    url = f"https://api.example.test:{api.port}/"
-    first = start_proxy(config)
-    assert first.session().get(url, timeout=30).ok
-    first.stop()
-    key_file = tmp_path / "keys" / "store.key"
-    old_key = key_file.read_text().strip()
-
-    r = run_cli("--config", str(first.config_path), "rotate-key")
-    assert r.returncode == 0, r.stderr
-    assert "re-encrypted 1 credential(s)" in r.stdout
-    keys = [k for k in key_file.read_text().splitlines() if k and not k.startswith("#")]
-    assert len(keys) == 2 and keys[1] == old_key  # newest first, the old one still there
-
-    second = start_proxy(config, name="after-rotation")
-    assert second.session().get(url, timeout=30).ok
-    assert idp.token_requests == 1  # the rotated row was read, no new token needed
-    second.stop()
-    # Rows are under the new key now: the new key alone reads them.
-    only_new = start_proxy(config, name="new-key-only", env={"AUTHPROXY_KEY": keys[0]})
-    assert only_new.session().get(url, timeout=30).ok
-    assert idp.token_requests == 1

@@ -1,6 +1,7 @@
 """`authproxy env` and `authproxy exec` end to end: unmodified tools (curl, wget, git, httpie,
 Python requests, Node) pointed at a real proxy, calling the local API and a Git server that only
-answer requests carrying a valid Bearer token."""
+answer requests carrying a valid Bearer token. What needs no proxy process (the shell syntax of
+`env`, the command's environment and exit status): test_unit_wrap.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 import re
 import selectors
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -249,78 +249,6 @@ def test_env_for_sh_points_curl_wget_and_node_at_the_proxy(
     assert node_out == "true"  # NODE_OPTIONS --require found the preload despite the quoting
 
 
-def test_env_for_fish_and_powershell(awkward_proxy: Proxy, tmp_path: Path, api: ApiServer) -> None:
-    proxy = awkward_proxy
-    env = clean_env(proxy.workdir / "home")  # the generated files go below an awkward HOME
-    authproxy = [sys.executable, "-m", "proxy_addon", "--config", str(proxy.config_path)]
-
-    def run(*args: str) -> str:
-        return subprocess.run(
-            [*authproxy, "env", *args], capture_output=True, text=True, env=env, timeout=60,
-            check=True,
-        ).stdout  # fmt: skip
-
-    expected = sh_values(run())
-    assert run("--shell", "sh") == run()
-
-    fish = run("--shell", "fish").splitlines()
-    assert fish[0].startswith("#")
-    fish_values = {}
-    for line in fish[1:]:
-        m = re.fullmatch(r"set -gx (\w+) '((?:[^'\\]|\\['\\])*)'", line)
-        assert m, line
-        fish_values[m[1]] = re.sub(r"\\(['\\])", r"\1", m[2])
-    assert fish_values == expected
-
-    powershell = run("--shell", "powershell").splitlines()
-    assert powershell[0].startswith("#")
-    ps_values = {}
-    for line in powershell[1:]:
-        m = re.fullmatch(r"\$env:(\w+) = '((?:[^']|'')*)'", line)
-        assert m, line
-        ps_values[m[1]] = m[2].replace("''", "'")
-    assert ps_values == expected
-
-    if shutil.which("fish"):  # the real thing: source it, then call the API through the proxy
-        script = f"""
-            {shlex.join([*authproxy, "env", "--shell", "fish"])} | source; or exit 99
-            for name in {" ".join(VARIABLES)}; printf '%s\\n' $$name; end
-            curl -sS --fail --max-time 30 {api_url(api, "/fish")}
-        """
-        r = subprocess.run(
-            ["fish", "--no-config", "-c", script], capture_output=True, text=True, env=env,
-            timeout=60,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
-        lines = r.stdout.splitlines()
-        assert lines[: len(VARIABLES)] == [expected[k] for k in VARIABLES]
-        assert_authorized_call(lines[len(VARIABLES)], api, "/fish")
-    if shutil.which("pwsh"):
-        script = (
-            f"& {{ {_ps_words(authproxy)} env --shell powershell }} | Out-String | "
-            "Invoke-Expression; $env:HTTPS_PROXY; $env:SSL_CERT_FILE; $env:NODE_OPTIONS"
-        )
-        r = subprocess.run(
-            ["pwsh", "-NoProfile", "-NonInteractive", "-Command", script],
-            capture_output=True, text=True, env=env, timeout=60,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.splitlines() == [
-            expected["HTTPS_PROXY"], expected["SSL_CERT_FILE"], expected["NODE_OPTIONS"],
-        ]  # fmt: skip
-
-
-def _ps_words(words: list[str]) -> str:
-    return " ".join("'" + w.replace("'", "''") + "'" for w in words)
-
-
-def test_env_without_the_proxy_ca_says_to_run_the_proxy_once(wrapped: Wrapped) -> None:
-    r = wrapped.authproxy("env")
-    assert r.returncode == 1
-    assert r.stdout == ""
-    assert "no proxy CA at" in r.stderr and "authproxy run" in r.stderr
-
-
 # --- exec: tools --------------------------------------------------------------------------------
 
 TOOLS: dict[str, Callable[[str], list[str]]] = {
@@ -336,14 +264,24 @@ TOOLS: dict[str, Callable[[str], list[str]]] = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("tool", sorted(TOOLS))
-def test_exec_tool_calls_the_api_with_a_token(
-    tool: str, wrapped: Wrapped, api: ApiServer, idp: AuthServer
+def test_exec_tools_call_the_api_with_a_token(
+    wrapped: Wrapped, api: ApiServer, idp: AuthServer
 ) -> None:
-    r = wrapped.exec(*TOOLS[tool](api_url(api, f"/{tool}")))
+    # One exec, so one temporary proxy, for all of them: each reads the variables its own way.
+    calls = [
+        f"{shlex.join(TOOLS[tool](api_url(api, f'/{tool}')))} || exit {90 + i}; echo; echo {_END}"
+        for i, tool in enumerate(sorted(TOOLS))
+    ]
+    r = wrapped.exec("sh", "-c", "\n".join(calls))
     assert r.returncode == 0, r.stderr
-    assert_authorized_call(r.stdout, api, f"/{tool}")
+    outputs = r.stdout.split(_END)
+    for tool, output in zip(sorted(TOOLS), outputs, strict=False):
+        assert_authorized_call(output, api, f"/{tool}")
+    assert outputs[-1].strip() == ""
     assert idp.token_requests == 1
+
+
+_END = "--- end of output ---"
 
 
 def test_exec_node_https_and_fetch(wrapped: Wrapped, api: ApiServer) -> None:
@@ -443,25 +381,14 @@ def test_exec_passes_the_exit_status_and_stops_its_proxy(wrapped: Wrapped) -> No
     assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
 
 
-def test_exec_command_killed_by_a_signal(wrapped: Wrapped) -> None:
-    r = wrapped.exec("sh", "-c", "kill -TERM $$")
-    assert r.returncode == 128 + signal.SIGTERM
-
-
-def test_exec_command_not_found(wrapped: Wrapped) -> None:
-    r = wrapped.exec("no-such-command-authproxy-test")
-    assert r.returncode == 127
-    assert "no-such-command-authproxy-test: command not found" in r.stderr
-
-
 def test_exec_forwards_sigint_to_the_command_not_the_proxy(
     wrapped: Wrapped, api: ApiServer
 ) -> None:
     # On SIGINT the command calls the API once more: that works only if the proxy is still up.
     script = f"""
         trap 'kill $pid; curl -sS --fail --max-time 30 {api_url(api, "/after-int")}; exit 42' INT
-        printf '%s\\n' "$HTTPS_PROXY"
         sleep 60 & pid=$!
+        printf '%s\\n' "$HTTPS_PROXY"  # after $pid is set: the test sends SIGINT on this line
         wait $pid
     """
     proc = wrapped.popen_exec("sh", "-c", script)

@@ -1,9 +1,8 @@
-"""Issue 13 §2: `env` and `exec` extend the user's own setup; JVM tools; routes on loopback."""
+"""Issue 13 §2: `env` and `exec` extend the user's own setup; JVM tools; routes on loopback. The
+pure rules (NO_PROXY, the CA bundle): test_unit_wrap.py."""
 
 from __future__ import annotations
 
-import datetime
-import json
 import shlex
 import shutil
 import subprocess
@@ -12,19 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from harness import Proxy, cc_credential, route
+from support.keys import new_key, self_signed_cert
 from test_e2e_wrap import api_url, assert_authorized_call, clean_env, sh_values, wrapped_config
 
-from proxy_addon.config import parse_config
-from proxy_addon.config_lint import bypass_warnings
 from proxy_addon.demo.api import ApiServer
 from proxy_addon.demo.certs import Pki
 from proxy_addon.demo.idp import AuthServer
-from proxy_addon.wrap import covers, no_proxy_entries
 
 JAVA_CLIENT = """
 import java.io.InputStream;
@@ -42,85 +35,17 @@ public class Get {
 """
 
 
-def _own_ca(path: Path) -> str:
-    """A CA certificate of the user's own (a corporate CA, say); returns its PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "users-own-ca")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    path.write_text(pem)
-    return pem.strip()
-
-
-# --- pure rules ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("entry", "host", "expected"),
-    [
-        ("localhost", "localhost", True),
-        ("example.com", "api.example.com", True),
-        (".example.com", "api.example.com", True),
-        ("*.example.com", "api.example.com", True),
-        ("example.com", "*.example.com", True),
-        ("x.example.com", "*.example.com", True),  # some routed names bypass
-        ("other.com", "api.example.com", False),
-        ("ample.com", "api.example.com", False),
-        ("api.example.com:443", "api.example.com", True),
-        ("127.0.0.0/8", "127.0.0.1", True),
-        ("10.0.0.0/8", "127.0.0.1", False),
-        ("::1", "::1", True),
-        ("[::1]", "::1", True),
-        ("*", "api.example.com", True),
-        ("10.0.0.0/8", "api.example.com", False),
-    ],
-)
-def test_covers(entry: str, host: str, expected: bool) -> None:
-    assert covers(entry, host) is expected
-
-
-def test_no_proxy_keeps_the_users_entries_but_never_a_routed_host() -> None:
-    cfg = parse_config(
-        {"credentials": {"a": cc_credential("https://idp.example.com/t")},
-         "routes": [{"host": "localhost", "port": 8000, "scheme": "http", "allow_http": True,
-                     "credential": "a"},
-                    {"host": "*.corp.example", "credential": "a"}]},
-        "cfg", env={},
-    )  # fmt: skip
-    env = {"NO_PROXY": "intranet.example, corp.example", "no_proxy": "localhost,.other"}
-    assert no_proxy_entries(cfg, env) == ["intranet.example", ".other", "127.0.0.1", "::1"]
-    warnings = bypass_warnings(cfg, env)
-    assert any("NO_PROXY entry 'corp.example'" in w for w in warnings)
-    assert any("no_proxy entry 'localhost'" in w for w in warnings)
-    assert any("never use a proxy for loopback" in w for w in warnings)
-
-
 # --- real programs ------------------------------------------------------------------------------
 
 
-def test_exec_extends_the_users_ca_files_and_no_proxy(
+def test_requests_gets_through_under_the_users_own_ca_file_and_no_proxy(
     tmp_path: Path, pki: Pki, idp: AuthServer, api: ApiServer
 ) -> None:
+    # What the command's environment holds then: test_unit_wrap.py.
     wrapped = wrapped_config(tmp_path, pki, idp, [route("api.example.test", api.port)])
-    own = tmp_path / "own-ca.pem"
-    own_pem = _own_ca(own)
+    own = self_signed_cert(tmp_path / "own-ca.pem", new_key("EC"), "users-own-ca")
     wrapped.env.update(REQUESTS_CA_BUNDLE=str(own), NO_PROXY="intranet.example,api.example.test")
-    show = "import json, os; print(json.dumps(dict(os.environ)))"
-    done = wrapped.exec(sys.executable, "-c", show)
-    assert done.returncode == 0, done.stderr
-    env = json.loads(done.stdout)
-    assert env["NO_PROXY"].split(",") == ["intranet.example", "localhost", "127.0.0.1", "::1"]
-    bundle = Path(env["REQUESTS_CA_BUNDLE"]).read_text()
-    assert own_pem in bundle  # still trusted
-    assert pki.ca_cert.read_text().strip() in bundle
-    # And requests, which reads the variables, still gets through to the routed host.
+    # requests, which reads both variables, still gets through to the routed host.
     call = f"import requests; print(requests.get({api_url(api, '/own')!r}, timeout=30).text)"
     done = wrapped.exec(sys.executable, "-c", call)
     assert done.returncode == 0, done.stderr

@@ -28,6 +28,7 @@ from proxy_addon.decision import decide
 from proxy_addon.dpop import NonceCache, nonce_asked, resource_proof
 from proxy_addon.errors import TokenUnavailable
 from proxy_addon.guards import unsafe_options
+from proxy_addon.headerscan import has, header, names
 from proxy_addon.health import HealthProbe, health_path
 from proxy_addon.instrument import instrument
 from proxy_addon.localguard import LocalGuard
@@ -37,7 +38,6 @@ from proxy_addon.present import REDACTED_PROOF
 from proxy_addon.redact import (
     Pairs,
     StreamScrubber,
-    header,
     redacted_token,
     scrub_echoes,
     scrub_head,
@@ -313,11 +313,11 @@ class AuthProxy:
         attempt = resend.attempt if resend is not None else 1
         # Absent from nearly every request: one pass over the names instead of a failed lookup
         # (mitmproxy's raises and catches a KeyError) for each.
-        names = {n.lower() for n, _ in req.headers.fields}
-        if b"proxy-authorization" in names:  # the client's password for us is not for the API
+        present_names = names(req.headers)
+        if b"\0proxy-authorization\0" in present_names:  # our password is not for the API
             del req.headers["proxy-authorization"]
         upgrade = False
-        if b"upgrade" in names:
+        if b"\0upgrade\0" in present_names:
             # Any switch but WebSocket (h2c, raw TCP) would carry the API's bytes past every
             # scrub.
             if req.headers.get("upgrade", "").strip().lower() not in ("", "websocket"):
@@ -441,9 +441,8 @@ class AuthProxy:
         scrub_head(resp, secret, mark, also=inj.also)
         if not (resp.stream or self._body_may_stream_response(resp)):
             return
-        if (header(resp.headers, b"content-encoding") or "").strip(" ,").lower() in (
-            "", "identity"
-        ):
+        encoding = header(resp.headers, b"content-encoding") or ""
+        if encoding.strip(" ,").lower() in ("", "identity"):
             resp.stream = StreamScrubber(secret, mark, also=inj.also)
             return
         # An encoded stream cannot be checked chunk by chunk: withhold it.
@@ -460,7 +459,7 @@ class AuthProxy:
         """mitmproxy may switch to streaming late, once an answer of unknown length grows past
         stream_large_bodies, and then no hook runs before the body leaves: stream such
         answers through the scrubber from the start."""
-        if header(resp.headers, b"content-length") is not None:
+        if has(resp.headers, b"content-length"):
             return False
         return self._stream_limit() is not None
 
@@ -657,7 +656,7 @@ _ERROR_HEADER = replies.ERROR_HEADER.lower().encode()
 
 
 def _drop_error_header(resp: http.Response) -> None:
-    if header(resp.headers, _ERROR_HEADER) is not None:
+    if has(resp.headers, _ERROR_HEADER):
         del resp.headers[replies.ERROR_HEADER]
 
 

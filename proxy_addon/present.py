@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from .headerscan import has
+
 if TYPE_CHECKING:
     from mitmproxy import http
 
@@ -121,7 +123,7 @@ REDACTED_PROOF = "<redacted:dpop-proof>"
 def redact(req: http.Request, p: Presentation, token_type: str, mark: str) -> None:
     """Replace the token in `req` by `mark` (the redacted token, never usable), and a DPoP
     proof by a placeholder: a proof is bound to this request, but redacted like a token."""
-    if "dpop" in req.headers:
+    if has(req.headers, b"dpop"):
         req.headers["dpop"] = REDACTED_PROOF
     if p.kind == "query":
         if p.name in req.query:
@@ -137,7 +139,7 @@ def carried(req: http.Request, p: Presentation) -> bool:
     (A route's `existing_authorization` then says keep, reject or replace.)"""
     if p.kind == "query":
         return p.name in req.query
-    return p.name in req.headers
+    return has(req.headers, p.name.encode())
 
 
 def strip(req: http.Request, p: Presentation) -> None:

@@ -28,7 +28,7 @@ from proxy_addon.decision import decide
 from proxy_addon.dpop import NonceCache, nonce_asked, resource_proof
 from proxy_addon.errors import TokenUnavailable
 from proxy_addon.guards import unsafe_options
-from proxy_addon.headerscan import has, header, names
+from proxy_addon.headerscan import has, header, names, put
 from proxy_addon.health import HealthProbe, health_path
 from proxy_addon.instrument import instrument
 from proxy_addon.localguard import LocalGuard
@@ -331,7 +331,7 @@ class AuthProxy:
                 self._dpop_nonces,
             )  # fmt: skip
             if proof is not None:
-                req.headers["dpop"] = proof
+                put(req.headers, b"dpop", proof)
         inj = Injection(
             route, cache, token, attempt=attempt,
             request_streamed=bool(req.stream) and attempt == 1,
@@ -528,7 +528,8 @@ class AuthProxy:
     ) -> bool:
         """RFC 9449 §9: keep the nonce an API gives; when it refuses a proof for want of one,
         send the request once more with it. Apart from the 401-refresh retry: no new token."""
-        self._dpop_nonces.learn(flow.request.url, resp.headers)
+        if has(resp.headers, b"dpop-nonce"):  # else the URL need not be built
+            self._dpop_nonces.learn(flow.request.url, resp.headers)
         if inj.nonce_retried or inj.upgrade or inj.request_streamed or resp.stream:
             return False
         if nonce_asked(resp.status_code, resp.headers) is None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mitmproxy import http
 
-__all__ = ["has", "header", "names"]
+__all__ = ["has", "header", "names", "put"]
 
 _name = itemgetter(0)
 
@@ -30,3 +30,12 @@ def has(headers: http.Headers, name: bytes) -> bool:
 def header(headers: http.Headers, name: bytes) -> str | None:
     """`headers.get(name)` (every copy, joined as mitmproxy joins them), or None."""
     return headers.get(name.decode()) if has(headers, name) else None
+
+
+def put(headers: http.Headers, name: bytes, value: str) -> None:
+    """`headers[name] = value`; a name not there yet (the usual case) is appended to the raw
+    fields directly, as mitmproxy would append it, without its pass over every field."""
+    if has(headers, name):
+        headers[name.decode()] = value
+    else:
+        headers.fields = (*headers.fields, (name, value.encode("utf-8", "surrogateescape")))

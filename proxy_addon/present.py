@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .headerscan import has
+from .headerscan import has, put
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -114,7 +114,7 @@ def apply(req: http.Request, p: Presentation, token: Token) -> None:
     if p.kind == "query":
         req.query[p.name] = token.access_token
     else:
-        req.headers[p.name] = _value(p, token.token_type, token.access_token)
+        put(req.headers, p.name.encode(), _value(p, token.token_type, token.access_token))
 
 
 REDACTED_PROOF = "<redacted:dpop-proof>"

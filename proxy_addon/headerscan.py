@@ -18,9 +18,22 @@ __all__ = ["has", "header", "names", "put"]
 _name = itemgetter(0)
 
 
+# The last fields asked about and their names: a hook asks about the same head several times.
+# `fields` is an immutable tuple that mitmproxy replaces on every change, and it is held here,
+# so `is` proves the names are still right.
+_last: tuple[tuple[tuple[bytes, bytes], ...], bytes] = ((), b"\0\0")
+
+
 def names(headers: http.Headers) -> bytes:
     """Every field name, lower case, each between NULs (`b"\\0host\\0" in names(h)`)."""
-    return b"\0" + b"\0".join(map(_name, headers.fields)).lower() + b"\0"
+    global _last
+    fields = headers.fields
+    last = _last  # one read: another thread may replace it, never half of it
+    if last[0] is fields:
+        return last[1]
+    found = b"\0" + b"\0".join(map(_name, fields)).lower() + b"\0"
+    _last = (fields, found)
+    return found
 
 
 def has(headers: http.Headers, name: bytes) -> bool:
@@ -33,9 +46,20 @@ def header(headers: http.Headers, name: bytes) -> str | None:
 
 
 def put(headers: http.Headers, name: bytes, value: str) -> None:
-    """`headers[name] = value`; a name not there yet (the usual case) is appended to the raw
-    fields directly, as mitmproxy would append it, without its pass over every field."""
-    if has(headers, name):
-        headers[name.decode()] = value
-    else:
-        headers.fields = (*headers.fields, (name, value.encode("utf-8", "surrogateescape")))
+    """`headers[name] = value`, as mitmproxy does it (the first copy takes the value, further
+    copies go, a name not there is appended), with one C-level lower() per field instead of a
+    Python call to lower-case each."""
+    new = value.encode("utf-8", "surrogateescape")
+    fields = headers.fields
+    if not has(headers, name):  # the usual case for a header the proxy adds
+        headers.fields = (*fields, (name, new))
+        return
+    out = []
+    done = False
+    for field in fields:
+        if field[0].lower() != name:
+            out.append(field)
+        elif not done:
+            out.append((field[0], new))
+            done = True
+    headers.fields = tuple(out)

@@ -124,14 +124,14 @@ def redact(req: http.Request, p: Presentation, token_type: str, mark: str) -> No
     """Replace the token in `req` by `mark` (the redacted token, never usable), and a DPoP
     proof by a placeholder: a proof is bound to this request, but redacted like a token."""
     if has(req.headers, b"dpop"):
-        req.headers["dpop"] = REDACTED_PROOF
+        put(req.headers, b"dpop", REDACTED_PROOF)
     if p.kind == "query":
         if p.name in req.query:
             req.query[p.name] = mark
     elif p.kind == "basic":
-        req.headers[p.name] = f"Basic {mark}"
+        put(req.headers, p.name.encode(), f"Basic {mark}")
     else:
-        req.headers[p.name] = _value(p, token_type, mark)
+        put(req.headers, p.name.encode(), _value(p, token_type, mark))
 
 
 def carried(req: http.Request, p: Presentation) -> bool:

@@ -342,3 +342,101 @@ async def test_an_echoed_proof_is_scrubbed_from_websocket_messages() -> None:
         )
         await rig.addon.websocket_message(flow)
         assert flow.websocket.messages[-1].content == b"you sent <redacted:dpop-proof>"
+
+
+# --- proofs signed ahead ----------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _claims(p: str) -> dict[str, Any]:
+    return jwt.decode(p, options={"verify_signature": False})
+
+
+def test_a_repeated_request_gets_its_next_proof_signed_ahead_once() -> None:
+    from proxy_addon.dpop import PreparedProofs
+
+    key, clock = DpopKey.generate(), _Clock()
+    pool = PreparedProofs(clock=clock)
+    ask = (key, "GET", "https://api.test/v1/items?page=1", "at-1", None)
+    first = pool.take(*ask)
+    pool.prepare(*ask)  # asked for once: nothing made ahead
+    assert pool.take(*ask) != first and pool.taken == 0
+    pool.prepare(*ask)  # twice: the next one is made now
+    clock.now += 0.5
+    ready = pool.take(key, "GET", "https://api.test/v1/items?page=2", "at-1", None)
+    assert pool.taken == 1  # the query is not part of htu: the same proof fits
+    claims = _claims(ready)
+    assert claims["iat"] == int(clock.now - 0.5) and claims["ath"] == access_token_hash("at-1")
+    assert DpopVerifier().verify(ready, "GET", "https://api.test/v1/items", access_token="at-1")
+    again = pool.take(*ask)  # used once only
+    assert pool.taken == 1 and _claims(again)["jti"] != claims["jti"]
+
+
+@pytest.mark.parametrize(
+    ("later", "wait"),
+    [
+        ((None, "at-1", "GET", "n-2"), 0.0),  # the API gave a new nonce
+        ((None, "at-2", "GET", None), 0.0),  # a new token
+        ((None, "at-1", "POST", None), 0.0),  # another method
+        (("https://api.test/v2", "at-1", "GET", None), 0.0),  # another path
+        ((None, "at-1", "GET", None), 3.0),  # too old: servers take proofs for a short while
+    ],
+)
+def test_a_proof_made_ahead_is_used_only_for_the_same_request_while_fresh(
+    later: tuple[str | None, str, str, str | None], wait: float
+) -> None:
+    from proxy_addon.dpop import PreparedProofs
+
+    key, clock = DpopKey.generate(), _Clock()
+    pool = PreparedProofs(clock=clock, max_age=2.0)
+    url = "https://api.test/v1"
+    for _ in range(2):
+        pool.take(key, "GET", url, "at-1", None)
+    pool.prepare(key, "GET", url, "at-1", None)
+    clock.now += wait
+    other_url, token, method, nonce = later
+    p = pool.take(key, method, other_url or url, token, nonce)
+    assert pool.taken == 0
+    claims = _claims(p)
+    assert claims["htm"] == method and claims["ath"] == access_token_hash(token)
+    assert claims.get("nonce") == nonce and claims["iat"] == int(clock.now)
+
+
+@in_process
+async def test_the_proxy_uses_a_proof_signed_ahead_for_a_repeated_request() -> None:
+    import asyncio
+
+    async with rig_context() as rig:
+        cache = _DpopCache()
+        assert rig.addon.runtime is not None
+        rig.addon.runtime.caches["api"] = cache  # type: ignore[assignment]
+        sent: list[str] = []
+
+        def upstream(req: http.Request) -> http.Response:
+            sent.append(req.headers["dpop"])
+            return http.Response.make(200, b"fine")
+
+        rig.upstream = upstream
+        for _ in range(3):
+            await rig.send(routed_flow("/v1/items?page=1"))
+            # Callbacks run in the order they were scheduled: once this one has run, so has the
+            # one the response hook scheduled to sign ahead.
+            done = asyncio.Event()
+            asyncio.get_running_loop().call_soon(done.set)
+            await done.wait()
+        assert rig.addon._proofs.taken == 1  # the third request's proof was ready
+        assert len(set(sent)) == 3  # each proof is sent once
+        key = cache.grant.dpop_key  # type: ignore[attr-defined]
+        verifier = DpopVerifier()
+        for p in sent:
+            url = f"https://{HOST}/v1/items"
+            assert verifier.verify(p, "GET", url, access_token=cache.current.access_token) == (
+                key.thumbprint
+            )

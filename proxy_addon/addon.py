@@ -6,7 +6,6 @@ authproxy_config=FILE`. Imports are absolute because mitmproxy loads a script by
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import threading
@@ -26,13 +25,7 @@ from proxy_addon.cache import CredentialCache
 from proxy_addon.compat import Replayer
 from proxy_addon.config import ConfigError, load_config
 from proxy_addon.decision import decide
-from proxy_addon.dpop import (
-    NonceCache,
-    PreparedProofs,
-    nonce_asked,
-    resource_key,
-    resource_proof,
-)
+from proxy_addon.dpop import NonceCache, nonce_asked, resource_proof
 from proxy_addon.errors import TokenUnavailable
 from proxy_addon.guards import unsafe_options
 from proxy_addon.headerscan import has, header, names, put
@@ -79,7 +72,6 @@ class Injection(NamedTuple):
     mark: str  # what replaces the token wherever it must not be seen (computed once)
     proof: str | None = None  # the DPoP proof that went with the token (RFC 9449)
     nonce_retried: bool = False  # this is the re-send with the nonce the API asked for
-    proof_target: tuple[str, str] | None = None  # (method, URL) the proof was made for
 
     @property
     def dpop(self) -> bool:
@@ -138,7 +130,6 @@ class AuthProxy:
         self._stream_bytes: int | None = None
         self.replay = replay  # the seam: mitmproxy's ReplayHandler, guarded; a fake in tests
         self._dpop_nonces = NonceCache()  # the last DPoP nonce each API origin gave
-        self._proofs = PreparedProofs()  # DPoP proofs signed ahead for repeated requests
         self._cert_routes: tuple[Route, ...] = ()  # routes with a client certificate (mTLS)
         self._marks: dict[str, tuple[Token, str]] = {}  # credential -> (its token, the mark)
         self.metrics = Metrics()
@@ -333,12 +324,11 @@ class AuthProxy:
                 _drop_upgrade(req)
             upgrade = "upgrade" in req.headers
         present.apply(req, route.present, token)
-        proof = target = None
+        proof = None
         if token.token_type.lower() == "dpop":  # else req.url need not be built
-            target = (req.method, req.url)
             proof = resource_proof(
-                cache.grant, token.token_type, token.access_token, *target,
-                self._dpop_nonces, self._proofs,
+                cache.grant, token.token_type, token.access_token, req.method, req.url,
+                self._dpop_nonces,
             )  # fmt: skip
             if proof is not None:
                 put(req.headers, b"dpop", proof)
@@ -350,7 +340,6 @@ class AuthProxy:
             mark=self._mark(route.credential, token),
             proof=proof,
             nonce_retried=resend is not None and resend.kind == "nonce",
-            proof_target=target if proof is not None else None,
         )  # fmt: skip
         self._injected[flow] = inj
         if inj.upgrade:  # kept for its WebSocket messages, which are scrubbed too
@@ -486,20 +475,6 @@ class AuthProxy:
             self._redact(flow)
             if inj.attempt == 1:
                 self._audit(flow, inj.route, refreshed=inj.refreshed)
-        if inj.proof_target is not None and flow.response and flow.response.status_code < 400:
-            # Once this answer has left (the loop runs callbacks after this hook's task has
-            # written it), sign the proof a repeat of this request will need.
-            asyncio.get_running_loop().call_soon(self._prepare_proof, inj)
-
-    def _prepare_proof(self, inj: Injection) -> None:
-        try:
-            key = resource_key(inj.cache.grant, inj.token.token_type)
-            if key is not None and inj.proof_target is not None:
-                method, url = inj.proof_target
-                self._proofs.prepare(key, method, url, inj.token.access_token,
-                                     self._dpop_nonces.get(url))  # fmt: skip
-        except Exception:  # only an optimisation: the next request signs its own
-            logger.exception("authproxy: preparing a DPoP proof failed")
 
     async def _answered(self, flow: http.HTTPFlow, inj: Injection) -> None:
         resp = flow.response

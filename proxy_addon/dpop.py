@@ -19,30 +19,26 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import jwt
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 __all__ = [
     "DpopKey",
     "NonceCache",
-    "PreparedProofs",
     "access_token_hash",
     "htu",
     "nonce_asked",
     "origin",
     "proof",
-    "resource_key",
     "resource_proof",
 ]
 
-_ES256 = ec.ECDSA(hashes.SHA256())
 _USE_NONCE = re.compile(r'error\s*=\s*"?use_dpop_nonce"?', re.IGNORECASE)
 
 
@@ -57,7 +53,6 @@ class DpopKey:
     private_key: ec.EllipticCurvePrivateKey = field(repr=False)
     jwk: Mapping[str, str] = field(default_factory=dict)
     thumbprint: str = ""  # RFC 7638 JWK thumbprint: the `jkt` tokens are bound to
-    header: str = ""  # every proof's JOSE header, base64url: the same for every proof
 
     @classmethod
     def generate(cls) -> DpopKey:
@@ -74,11 +69,7 @@ class DpopKey:
         }
         # RFC 7638 §3: the required members, sorted, no whitespace.
         canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":")).encode()
-        header = {"alg": "ES256", "jwk": jwk, "typ": "dpop+jwt"}
-        return cls(
-            private_key, jwk, _b64(hashlib.sha256(canonical).digest()),
-            _b64(json.dumps(header, separators=(",", ":")).encode()),
-        )  # fmt: skip
+        return cls(private_key, jwk, _b64(hashlib.sha256(canonical).digest()))
 
     @classmethod
     def from_pem(cls, pem: bytes) -> DpopKey:
@@ -132,103 +123,19 @@ def proof(
         claims["ath"] = access_token_hash(access_token)
     if nonce is not None:
         claims["nonce"] = nonce
-    if not key.header:  # a DpopKey built by hand, without `of`
-        headers = {"typ": "dpop+jwt", "jwk": dict(key.jwk)}
-        return jwt.encode(claims, key.private_key, algorithm="ES256", headers=headers)
-    # A JWS (RFC 7515) made here rather than by PyJWT: its encode costs twice the signature
-    # itself, and a proof is made for every request. The header is the key's, made once.
-    signing_input = f"{key.header}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
-    der = key.private_key.sign(signing_input.encode(), _ES256)
-    r, s = decode_dss_signature(der)  # JWS wants r || s, 32 bytes each (RFC 7518 §3.4)
-    return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+    headers = {"typ": "dpop+jwt", "jwk": dict(key.jwk)}
+    return jwt.encode(claims, key.private_key, algorithm="ES256", headers=headers)
 
 
 def resource_proof(
-    grant: object,
-    token_type: str,
-    access_token: str,
-    method: str,
-    url: str,
-    nonces: NonceCache,
-    prepared: PreparedProofs | None = None,
+    grant: object, token_type: str, access_token: str, method: str, url: str, nonces: NonceCache
 ) -> str | None:
     """The DPoP header for a routed request, or None when the token is not DPoP-bound (or the
-    grant holds no key: an IdP that answered `Bearer` to a DPoP request). `prepared`: proofs
-    signed ahead for requests like this one (one is used if there, else one is signed now)."""
-    key = resource_key(grant, token_type)
-    if key is None:
-        return None
-    if prepared is not None:
-        return prepared.take(key, method, url, access_token, nonces.get(url))
-    return proof(key, method, url, access_token=access_token, nonce=nonces.get(url))
-
-
-def resource_key(grant: object, token_type: str) -> DpopKey | None:
-    """The key of a DPoP-bound token's grant; None for any other token."""
+    grant holds no key: an IdP that answered `Bearer` to a DPoP request)."""
     key = getattr(getattr(grant, "wrapped", grant), "dpop_key", None)
     if key is None or token_type.lower() != "dpop":
         return None
-    return key  # type: ignore[no-any-return]
-
-
-class PreparedProofs:
-    """Proofs signed ahead of the request they go with, when the proxy has nothing else to do.
-
-    The signature is most of a proof's cost (and slower in a busy proxy than in a tight loop:
-    its tables fall out of the CPU caches between requests). A client that repeats a request
-    (the same method and URL without query, with the same token and nonce: polling, paging)
-    gets, once it has done so twice, its next proof made right after the answer went back
-    (`prepare`, called by the addon on the event loop once the answer has left), so that the
-    next request finds it ready instead of waiting for a signature. Every prepared proof is
-    used once, and only while its `iat` is at most `max_age` seconds old (servers accept a
-    proof for a short window, RFC 9449 §11.1); others are dropped. At most one proof is wasted
-    per run of repeats (the one made after the last); a client that never repeats a request
-    makes none ahead.
-
-    Event loop only (not thread-safe), like the addon's hooks that call it."""
-
-    def __init__(
-        self, *, max_age: float = 2.0, size: int = 64, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.max_age, self.size, self._clock = max_age, size, clock
-        # (thumbprint, htm, htu, ath, nonce) -> (the proof's iat, proof); one per request
-        self._ready: dict[tuple[str, ...], tuple[float, str]] = {}
-        self._seen: dict[tuple[str, ...], int] = {}  # how often each was asked for (bounded)
-        self.taken = 0  # proofs served from `_ready` (for tests and benchmarks)
-
-    @staticmethod
-    def _key(
-        key: DpopKey, method: str, url: str, access_token: str, nonce: str | None
-    ) -> tuple[str, ...]:
-        return (key.thumbprint, method.upper(), htu(url), access_token_hash(access_token),
-                nonce or "")  # fmt: skip
-
-    def take(
-        self, key: DpopKey, method: str, url: str, access_token: str, nonce: str | None
-    ) -> str:
-        """The proof for this request: the prepared one if fresh, else one signed now."""
-        k = self._key(key, method, url, access_token, nonce)
-        self._seen[k] = self._seen.pop(k, 0) + 1  # most recent last
-        if len(self._seen) > self.size:
-            del self._seen[next(iter(self._seen))]
-        ready = self._ready.pop(k, None)
-        if ready is not None and 0 <= self._clock() - ready[0] <= self.max_age:
-            self.taken += 1
-            return ready[1]
-        return proof(key, method, url, access_token=access_token, nonce=nonce, now=self._clock())
-
-    def prepare(
-        self, key: DpopKey, method: str, url: str, access_token: str, nonce: str | None
-    ) -> None:
-        """Sign the next proof for a request that was asked for at least twice."""
-        k = self._key(key, method, url, access_token, nonce)
-        if self._seen.get(k, 0) < 2 or k in self._ready:
-            return
-        iat = int(self._clock())  # the proof's own iat: its age is judged by it
-        self._ready[k] = (iat, proof(key, method, url, access_token=access_token, nonce=nonce,
-                                     now=iat))  # fmt: skip
-        while len(self._ready) > self.size:
-            del self._ready[next(iter(self._ready))]
+    return proof(key, method, url, access_token=access_token, nonce=nonces.get(url))
 
 
 def nonce_asked(status: int, headers: Mapping[str, str], body: bytes = b"") -> str | None:

@@ -417,8 +417,6 @@ async def main(args: argparse.Namespace) -> int:
     print(f"stack: added by authproxy {(auth - bare) * us:5.1f} us per request; "
           f"ratio bare/authproxy {bare / auth:.3f} (in-process: no TLS, no sockets, so "
           "mitmproxy's share is understated)")  # fmt: skip
-    if args.dpop:
-        print(f"DPoP proofs signed ahead and used: {authproxy._proofs.taken}")
     added = max(auth - bare, a - z)
     print(f"estimate end to end: {MITMDUMP_US:.0f} us per request for bare mitmdump (issue 11) "
           f"-> ratio {MITMDUMP_US / (MITMDUMP_US + added * us):.3f}, "

@@ -28,12 +28,15 @@ from proxy_addon.decision import decide
 from proxy_addon.dpop import NonceCache, nonce_asked, resource_proof
 from proxy_addon.errors import TokenUnavailable
 from proxy_addon.guards import unsafe_options
+from proxy_addon.headerscan import has, header, names, put
 from proxy_addon.health import HealthProbe, health_path
 from proxy_addon.instrument import instrument
 from proxy_addon.localguard import LocalGuard
 from proxy_addon.metrics import Metrics
 from proxy_addon.mtls import cert_routes, check_route_certs, client_cert_for, present_client_cert
+from proxy_addon.present import REDACTED_PROOF
 from proxy_addon.redact import (
+    Pairs,
     StreamScrubber,
     redacted_token,
     scrub_echoes,
@@ -67,8 +70,18 @@ class Injection(NamedTuple):
     refreshed: bool  # this request waited for a new token
     upgrade: bool  # a protocol upgrade (WebSocket): never re-sent
     mark: str  # what replaces the token wherever it must not be seen (computed once)
-    dpop: bool = False  # a DPoP proof went with the token (RFC 9449)
+    proof: str | None = None  # the DPoP proof that went with the token (RFC 9449)
     nonce_retried: bool = False  # this is the re-send with the nonce the API asked for
+
+    @property
+    def dpop(self) -> bool:
+        return self.proof is not None
+
+    @property
+    def also(self) -> Pairs:
+        """Scrubbed from answers besides the token: the proof (bound to this request, but a
+        replayable credential until it expires, and kept out of sight like the token)."""
+        return ((self.proof, REDACTED_PROOF),) if self.proof is not None else ()
 
 
 class Resend(NamedTuple):
@@ -118,6 +131,7 @@ class AuthProxy:
         self.replay = replay  # the seam: mitmproxy's ReplayHandler, guarded; a fake in tests
         self._dpop_nonces = NonceCache()  # the last DPoP nonce each API origin gave
         self._cert_routes: tuple[Route, ...] = ()  # routes with a client certificate (mTLS)
+        self._marks: dict[str, tuple[Token, str]] = {}  # credential -> (its token, the mark)
         self.metrics = Metrics()
         self.health = HealthProbe()
         self.status_page = StatusPage(lambda: self.runtime, lambda: self.metrics)
@@ -298,25 +312,34 @@ class AuthProxy:
             flow.response = await self._send_copy(flow, route, Resend("replay", flow.id, 1))
             return
         attempt = resend.attempt if resend is not None else 1
-        # The client's password for us is not for the API.
-        req.headers.pop("proxy-authorization", None)
-        # Any switch but WebSocket (h2c, raw TCP) would carry the API's bytes past every scrub.
-        if req.headers.get("upgrade", "").strip().lower() not in ("", "websocket"):
-            _drop_upgrade(req)
+        # Absent from nearly every request: one pass over the names instead of a failed lookup
+        # (mitmproxy's raises and catches a KeyError) for each.
+        present_names = names(req.headers)
+        if b"\0proxy-authorization\0" in present_names:  # our password is not for the API
+            del req.headers["proxy-authorization"]
+        upgrade = False
+        if b"\0upgrade\0" in present_names:
+            # Any switch but WebSocket (h2c, raw TCP) would carry the API's bytes past every
+            # scrub.
+            if req.headers.get("upgrade", "").strip().lower() not in ("", "websocket"):
+                _drop_upgrade(req)
+            upgrade = "upgrade" in req.headers
         present.apply(req, route.present, token)
-        proof = resource_proof(
-            cache.grant, token.token_type, token.access_token, req.method, req.url,
-            self._dpop_nonces,
-        )  # fmt: skip
-        if proof is not None:
-            req.headers["dpop"] = proof
+        proof = None
+        if token.token_type.lower() == "dpop":  # else req.url need not be built
+            proof = resource_proof(
+                cache.grant, token.token_type, token.access_token, req.method, req.url,
+                self._dpop_nonces,
+            )  # fmt: skip
+            if proof is not None:
+                put(req.headers, b"dpop", proof)
         inj = Injection(
             route, cache, token, attempt=attempt,
             request_streamed=bool(req.stream) and attempt == 1,
             refreshed=cache.refreshes != refreshes,
-            upgrade="upgrade" in req.headers,
-            mark=redacted_token(route.credential, token),
-            dpop=proof is not None,
+            upgrade=upgrade,
+            mark=self._mark(route.credential, token),
+            proof=proof,
             nonce_retried=resend is not None and resend.kind == "nonce",
         )  # fmt: skip
         self._injected[flow] = inj
@@ -326,6 +349,15 @@ class AuthProxy:
         flow.metadata[META] = {"credential": route.credential, "route": route.index}
         if resend is not None:
             flow.metadata[META][f"{resend.kind}_of"] = resend.of
+
+    def _mark(self, credential: str, token: Token) -> str:
+        """The token's redacted mark (a hash of it), computed once per token, not per request."""
+        known = self._marks.get(credential)
+        if known is not None and known[0] is token:
+            return known[1]
+        mark = redacted_token(credential, token)
+        self._marks[credential] = (token, mark)
+        return mark
 
     def _answer(self, flow: http.HTTPFlow, response: http.Response) -> None:
         """Answer the client instead of forwarding. A body still to come (requestheaders) is
@@ -403,13 +435,14 @@ class AuthProxy:
         resp = flow.response
         if inj is None or resp is None:
             return
-        resp.headers.pop(replies.ERROR_HEADER, None)  # only the proxy speaks with this header
+        _drop_error_header(resp)  # only the proxy speaks with this header
         secret, mark = inj.token.access_token, inj.mark
-        scrub_head(resp, secret, mark)
+        scrub_head(resp, secret, mark, also=inj.also)
         if not (resp.stream or self._body_may_stream_response(resp)):
             return
-        if resp.headers.get("content-encoding", "").strip(" ,").lower() in ("", "identity"):
-            resp.stream = StreamScrubber(secret, mark)
+        encoding = header(resp.headers, b"content-encoding") or ""
+        if encoding.strip(" ,").lower() in ("", "identity"):
+            resp.stream = StreamScrubber(secret, mark, also=inj.also)
             return
         # An encoded stream cannot be checked chunk by chunk: withhold it.
         logger.warning("%s %s: streamed answer with Content-Encoding %r withheld: it cannot be "
@@ -425,9 +458,9 @@ class AuthProxy:
         """mitmproxy may switch to streaming late, once an answer of unknown length grows past
         stream_large_bodies, and then no hook runs before the body leaves: stream such
         answers through the scrubber from the start."""
-        if self._stream_limit() is None:
+        if has(resp.headers, b"content-length"):
             return False
-        return "content-length" not in resp.headers
+        return self._stream_limit() is not None
 
     @_fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -446,8 +479,8 @@ class AuthProxy:
         resp = flow.response
         assert resp is not None
         if not resp.stream:  # a streamed answer's head was handled in responseheaders
-            resp.headers.pop(replies.ERROR_HEADER, None)  # only the proxy speaks with it
-        if not scrub_echoes(resp, inj.token, inj.mark):
+            _drop_error_header(resp)  # only the proxy speaks with it
+        if not scrub_echoes(resp, inj.token, inj.mark, also=inj.also):
             logger.warning("%s %s: answer with Content-Encoding %r withheld: it cannot be "
                            "checked for an echoed token", flow.request.method, flow.request.host,
                            resp.headers.get("content-encoding"))  # fmt: skip
@@ -494,7 +527,8 @@ class AuthProxy:
     ) -> bool:
         """RFC 9449 §9: keep the nonce an API gives; when it refuses a proof for want of one,
         send the request once more with it. Apart from the 401-refresh retry: no new token."""
-        self._dpop_nonces.learn(flow.request.url, resp.headers)
+        if has(resp.headers, b"dpop-nonce"):  # else the URL need not be built
+            self._dpop_nonces.learn(flow.request.url, resp.headers)
         if inj.nonce_retried or inj.upgrade or inj.request_streamed or resp.stream:
             return False
         if nonce_asked(resp.status_code, resp.headers) is None:
@@ -564,7 +598,8 @@ class AuthProxy:
         message = flow.websocket.messages[-1]
         if not message.from_client:
             mark = inj.mark
-            message.content = scrub_message(message.content, inj.token.access_token, mark)
+            message.content = scrub_message(message.content, inj.token.access_token, mark,
+                                            also=inj.also)  # fmt: skip
 
     def _redact(self, flow: http.HTTPFlow) -> None:
         inj = self._injected.pop(flow, None)
@@ -615,6 +650,14 @@ def _drop_upgrade(req: http.Request) -> None:
         req.headers["connection"] = ", ".join(kept)
     else:
         req.headers.pop("connection", None)
+
+
+_ERROR_HEADER = replies.ERROR_HEADER.lower().encode()
+
+
+def _drop_error_header(resp: http.Response) -> None:
+    if has(resp.headers, _ERROR_HEADER):
+        del resp.headers[replies.ERROR_HEADER]
 
 
 def _forget_proxy_password(flow: http.HTTPFlow) -> None:

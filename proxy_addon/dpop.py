@@ -12,6 +12,7 @@ reads a refusal that asks for one (a token endpoint's `use_dpop_nonce` error, an
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -96,6 +97,7 @@ def origin(url: str) -> str:
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
 
+@functools.lru_cache(maxsize=16)  # a token goes with many proofs
 def access_token_hash(access_token: str) -> str:
     """`ath`: base64url SHA-256 of the access token's ASCII (RFC 9449 §4.2)."""
     return _b64(hashlib.sha256(access_token.encode("ascii")).digest())
@@ -141,8 +143,10 @@ def nonce_asked(status: int, headers: Mapping[str, str], body: bytes = b"") -> s
 
     A token endpoint answers 400 `{"error": "use_dpop_nonce"}` (§8), an API 401 with
     `WWW-Authenticate: DPoP error="use_dpop_nonce"` (§9); both send `DPoP-Nonce`."""
+    if status not in (400, 401):  # nearly every answer: no header lookup
+        return None
     nonce = headers.get("DPoP-Nonce") or headers.get("dpop-nonce")
-    if not nonce or status not in (400, 401):
+    if not nonce:
         return None
     if status == 401:
         asked = any(

@@ -10,6 +10,7 @@ from mitmproxy import http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import ProxyMode
 
+from .headerscan import names
 from .netutil import MIN_PROXY_PASSWORD, is_loopback
 from .replies import refusal
 from .routes import Route, canonical_host
@@ -104,8 +105,8 @@ def _names_target(value: str, host: str, port: int, scheme: str) -> bool:
     return value.startswith(host) and value[len(host) :] == f":{port}"
 
 
-# Header names (bytes, lower case) that tell the request came from a web page.
-_BROWSER_HEADERS = frozenset({b"sec-fetch-site", b"origin", b"referer"})
+# Header names (as headerscan.names has them) that tell the request came from a web page.
+_BROWSER_HEADERS = (b"\0sec-fetch-site\0", b"\0origin\0", b"\0referer\0")
 
 
 def _foreign_site(req: http.Request) -> str | None:
@@ -114,7 +115,8 @@ def _foreign_site(req: http.Request) -> str | None:
     `Sec-Fetch-Site` where the browser sends it; for plain-http destinations browsers send
     none, so `Origin`, or lacking it `Referer`, is compared with the request's own origin."""
     # Most requests (API clients) carry none of these: one pass over the raw names says so.
-    if not any(name.lower() in _BROWSER_HEADERS for name, _ in req.headers.fields):
+    present = names(req.headers)
+    if not any(name in present for name in _BROWSER_HEADERS):
         return None
     site = req.headers.get("sec-fetch-site", "").lower()
     if site in ("cross-site", "same-site"):

@@ -5,6 +5,7 @@ Written from the event loop and from the worker threads that call the IdP, hence
 
 from __future__ import annotations
 
+import bisect
 import math
 import platform
 import threading
@@ -66,7 +67,7 @@ class Histogram:
 
     def observe(self, values: tuple[str, ...], seconds: float) -> None:
         counts, total = self._data.setdefault(values, ([0] * (len(self.buckets) + 1), [0.0]))
-        i = next((i for i, b in enumerate(self.buckets) if seconds <= b), len(self.buckets))
+        i = bisect.bisect_left(self.buckets, seconds)  # the first bucket with seconds <= bound
         counts[i] += 1
         total[0] += seconds
 

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from .headerscan import has, put
+
 if TYPE_CHECKING:
     from mitmproxy import http
 
@@ -112,7 +114,7 @@ def apply(req: http.Request, p: Presentation, token: Token) -> None:
     if p.kind == "query":
         req.query[p.name] = token.access_token
     else:
-        req.headers[p.name] = _value(p, token.token_type, token.access_token)
+        put(req.headers, p.name.encode(), _value(p, token.token_type, token.access_token))
 
 
 REDACTED_PROOF = "<redacted:dpop-proof>"
@@ -121,15 +123,15 @@ REDACTED_PROOF = "<redacted:dpop-proof>"
 def redact(req: http.Request, p: Presentation, token_type: str, mark: str) -> None:
     """Replace the token in `req` by `mark` (the redacted token, never usable), and a DPoP
     proof by a placeholder: a proof is bound to this request, but redacted like a token."""
-    if "dpop" in req.headers:
-        req.headers["dpop"] = REDACTED_PROOF
+    if has(req.headers, b"dpop"):
+        put(req.headers, b"dpop", REDACTED_PROOF)
     if p.kind == "query":
         if p.name in req.query:
             req.query[p.name] = mark
     elif p.kind == "basic":
-        req.headers[p.name] = f"Basic {mark}"
+        put(req.headers, p.name.encode(), f"Basic {mark}")
     else:
-        req.headers[p.name] = _value(p, token_type, mark)
+        put(req.headers, p.name.encode(), _value(p, token_type, mark))
 
 
 def carried(req: http.Request, p: Presentation) -> bool:
@@ -137,7 +139,7 @@ def carried(req: http.Request, p: Presentation) -> bool:
     (A route's `existing_authorization` then says keep, reject or replace.)"""
     if p.kind == "query":
         return p.name in req.query
-    return p.name in req.headers
+    return has(req.headers, p.name.encode())
 
 
 def strip(req: http.Request, p: Presentation) -> None:

@@ -3,12 +3,18 @@ token out of an answer that echoes it (debug endpoints, reflective error pages).
 
 from __future__ import annotations
 
+import functools
+import itertools
+from collections.abc import Sequence
+
 from mitmproxy import http
 from mitmproxy.net import encoding
 
+from .headerscan import header
 from .tokens import Token, fingerprint
 
 __all__ = [
+    "Pairs",
     "StreamScrubber",
     "redacted_authorization",
     "redacted_token",
@@ -35,27 +41,48 @@ def redacted_token(credential: str, token: Token) -> str:
     return f"<redacted:{credential}:{fingerprint(token.access_token)[:4]}>"
 
 
-def scrub_echoes(response: http.Response, token: Token, replacement: str) -> bool:
-    """Remove the token from a whole answer: head, trailers and body. False when the body is
-    encoded in a way we cannot read, so it cannot be checked (the caller withholds it)."""
-    scrub_head(response, token.access_token, replacement)
-    return scrub_body(response, token.access_token, replacement)
+Pairs = tuple[tuple[str, str], ...]  # (secret, what replaces it): more than a token to scrub
 
 
-def scrub_head(response: http.Response, secret: str, replacement: str) -> None:
+def scrub_echoes(
+    response: http.Response, token: Token, replacement: str, *, also: Pairs = ()
+) -> bool:
+    """Remove the token (and `also`: a DPoP proof) from a whole answer: head, trailers and
+    body. False when the body is encoded in a way we cannot read, so it cannot be checked (the
+    caller withholds it)."""
+    scrub_head(response, token.access_token, replacement, also=also)
+    return scrub_body(response, token.access_token, replacement, also=also)
+
+
+@functools.lru_cache(maxsize=64)  # a token is scrubbed from every answer while it lives
+def _needles(secret: str, replacement: str, also: Pairs) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((s.encode(), r.encode()) for s, r in ((secret, replacement), *also) if s)
+
+
+def scrub_head(
+    response: http.Response, secret: str, replacement: str, *, also: Pairs = ()
+) -> None:
     """Headers (every copy of each), the reason phrase and trailers."""
-    needle = secret.encode()
+    needles = _needles(secret, replacement, also)
     for fields in (response.headers, response.trailers):
-        # Nearly always absent: one search per raw field, nothing decoded, before the slow path.
-        if fields is None or not any(needle in n or needle in v for n, v in fields.fields):
+        if fields is None:
             continue
-        for name in {n for n, v in fields.items(multi=True) if secret in n or secret in v}:
-            values = fields.get_all(name)
-            del fields[name]
-            fields.set_all(name.replace(secret, replacement),
-                           [v.replace(secret, replacement) for v in values])  # fmt: skip
-    if secret in response.reason:
-        response.reason = response.reason.replace(secret, replacement)
+        # Nearly always absent: one C search over the raw fields, nothing decoded, before the
+        # slow path. (A match across the NUL separators could only send it down the slow path.)
+        raw = b"\0".join(itertools.chain.from_iterable(fields.fields))
+        if not any(needle in raw for needle, _ in needles):
+            continue
+        for old, new in ((secret, replacement), *also):
+            if not old:
+                continue
+            for name in {n for n, v in fields.items(multi=True) if old in n or old in v}:
+                values = fields.get_all(name)
+                del fields[name]
+                fields.set_all(name.replace(old, new),
+                               [v.replace(old, new) for v in values])  # fmt: skip
+    for old, new in ((secret, replacement), *also):
+        if old and old in response.reason:
+            response.reason = response.reason.replace(old, new)
 
 
 def decoded_body(raw: bytes, content_encoding: str) -> bytes | None:
@@ -75,52 +102,65 @@ def decoded_body(raw: bytes, content_encoding: str) -> bytes | None:
     return data
 
 
-def scrub_body(response: http.Response, secret: str, replacement: str) -> bool:
-    """Replace `secret` in the body. Cheap when it cannot be there: an unencoded body is one C
-    search; only an encoded body is decoded. Streamed bodies are handled by StreamScrubber.
-    Returns False when the body cannot be decoded, so it cannot be checked."""
+def scrub_body(
+    response: http.Response, secret: str, replacement: str, *, also: Pairs = ()
+) -> bool:
+    """Replace `secret` (and `also`) in the body. Cheap when it cannot be there: an unencoded
+    body is one C search per secret; only an encoded body is decoded. Streamed bodies are
+    handled by StreamScrubber. Returns False when the body cannot be decoded, so it cannot be
+    checked."""
     raw = response.raw_content
     if response.stream or not raw:
         return True
-    needle = secret.encode()
-    ce = response.headers.get("content-encoding", "")
+    needles = _needles(secret, replacement, also)
+    ce = header(response.headers, b"content-encoding") or ""
     if not ce.strip(" ,").lower().replace("identity", "").strip(" ,"):
-        if needle in raw:
+        if any(needle in raw for needle, _ in needles):
             response.headers.pop("content-encoding", None)
-            response.content = raw.replace(needle, replacement.encode())
+            response.content = _replace_all(raw, needles)
         return True
     body = decoded_body(raw, ce)
     if body is None:
         return False
-    if needle in body:
+    if any(needle in body for needle, _ in needles):
         response.headers.pop("content-encoding", None)
-        response.content = body.replace(needle, replacement.encode())
+        response.content = _replace_all(body, needles)
     return True
 
 
-def scrub_message(content: bytes, secret: str, replacement: str) -> bytes:
+def _replace_all(data: bytes, needles: Sequence[tuple[bytes, bytes]]) -> bytes:
+    for needle, mark in needles:
+        data = data.replace(needle, mark)
+    return data
+
+
+def scrub_message(content: bytes, secret: str, replacement: str, *, also: Pairs = ()) -> bytes:
     """A whole WebSocket message."""
-    needle = secret.encode()
-    return content.replace(needle, replacement.encode()) if needle in content else content
+    needles = _needles(secret, replacement, also)
+    if any(needle in content for needle, _ in needles):
+        return _replace_all(content, needles)
+    return content
 
 
 class StreamScrubber:
-    """A `response.stream` callable that replaces `secret` in an unencoded streamed body, even
-    when it is split across chunks: it holds back the last len(secret)-1 bytes of each chunk
-    until the next one arrives. The replacement has the secret's length, so a Content-Length
-    stays true."""
+    """A `response.stream` callable that replaces `secret` (and `also`) in an unencoded
+    streamed body, even when it is split across chunks: it holds back the last bytes of each
+    chunk (the longest secret's length less one) until the next one arrives. A replacement has
+    its secret's length, so a Content-Length stays true."""
 
-    def __init__(self, secret: str, replacement: str) -> None:
-        self._needle = secret.encode()
-        mark = replacement.encode()[: len(self._needle)]
-        self._mark = mark + b"*" * (len(self._needle) - len(mark))
+    def __init__(self, secret: str, replacement: str, *, also: Pairs = ()) -> None:
+        self._needles = []
+        for needle, mark in _needles(secret, replacement, also):
+            mark = mark[: len(needle)]
+            self._needles.append((needle, mark + b"*" * (len(needle) - len(mark))))
+        self._keep = max((len(n) for n, _ in self._needles), default=1) - 1
         self._tail = b""
 
     def __call__(self, chunk: bytes) -> bytes:
         if not chunk:  # end of the body: let go of what was held back
             out, self._tail = self._tail, b""
             return out
-        data = (self._tail + chunk).replace(self._needle, self._mark)
-        keep = len(self._needle) - 1
+        data = _replace_all(self._tail + chunk, self._needles)
+        keep = self._keep
         self._tail = data[-keep:] if keep else b""
         return data[: len(data) - len(self._tail)]

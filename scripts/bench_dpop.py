@@ -3,11 +3,15 @@ least 0.95x). One proxy, one demo IdP and API; two host names on the API, one ro
 Bearer credential, one with a DPoP credential (a fresh proof per request, checked by the API).
 Sequential keep-alive requests in alternating batches, so both see the same machine load.
 
+Besides the rates, the CPU time per request of the proxy process (from /proc) and of this
+process (the client, the demo API and IdP), so that a gap can be placed where it arises.
+
 Run: `.venv/bin/python scripts/bench_dpop.py [--batches 6 --size 100]`."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -60,22 +64,40 @@ def main() -> None:
             for name, url in urls.items():  # warm up: tokens, connections
                 assert sessions[name].get(url, timeout=30).status_code == 200
             spent = dict.fromkeys(urls, 0.0)
+            proxy_cpu = dict.fromkeys(urls, 0.0)
+            own_cpu = dict.fromkeys(urls, 0.0)
+            assert proxy.proc is not None
+            pid = proxy.proc.pid
             for _ in range(args.batches):
                 for name, url in urls.items():
+                    cpu, own = _cpu_seconds(pid), time.process_time()
                     started = time.perf_counter()
                     for _ in range(args.size):
                         r = sessions[name].get(url, timeout=30)
                         assert r.status_code == 200, r.text
                     spent[name] += time.perf_counter() - started
+                    proxy_cpu[name] += _cpu_seconds(pid) - cpu
+                    own_cpu[name] += time.process_time() - own
             n = args.batches * args.size
             rates = {name: n / s for name, s in spent.items()}
             for name, rate in rates.items():
-                print(f"{name:<7} {rate:8.1f} req/s  ({n} requests)")
+                print(f"{name:<7} {rate:8.1f} req/s  ({n} requests)   CPU per request: proxy "
+                      f"{proxy_cpu[name] / n * 1e6:5.0f} us, client + API + IdP (this "
+                      f"process) {own_cpu[name] / n * 1e6:5.0f} us")  # fmt: skip
             print(f"dpop/bearer {rates['dpop'] / rates['bearer']:.3f}x")
         finally:
             proxy.stop()
             api.stop()
             idp.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ against a demo IdP and API that verify every proof and the token's key binding."
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import time
 from pathlib import Path
 from typing import Any
@@ -11,8 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
+from addon_rig import HOST, FakeCache, in_process, make_token, rig_context, routed_flow
 from harness import CLIENT_ID, CLIENT_SECRET, route
-from mitmproxy import io
+from mitmproxy import http, io
 
 from proxy_addon.config import ConfigError, parse_config
 from proxy_addon.demo.dpop_check import DpopVerifier, ProofError
@@ -21,6 +24,7 @@ from proxy_addon.dpop_keys import attach_dpop_key, dpop_key_for
 from proxy_addon.grants import make_grant
 from proxy_addon.login import _authorization_request
 from proxy_addon.store import MemoryStore
+from proxy_addon.tokens import Token
 
 URL = "https://API.example.test:8443/v1/items?q=1#frag"
 
@@ -368,3 +372,100 @@ def test_a_refused_dpop_refresh_is_terminal_and_says_why(error: str, idp, pki) -
     assert f"refused by the IdP: {error}" in str(e.value)
     assert "bound to the DPoP key it was issued to" in str(e.value)
     assert "authproxy login c" in str(e.value)
+
+
+# --- an API that echoes the proof -----------------------------------------------------------
+
+
+class _DpopCache(FakeCache):
+    """The rig's cache, handing out DPoP-bound tokens from a grant that holds a key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grant.dpop_key = DpopKey.generate()  # type: ignore[attr-defined]
+
+    @property
+    def current(self) -> Token:
+        return dataclasses.replace(make_token(self.n), token_type="DPoP")
+
+
+def _echo(streamed: bool, encoding: str = "") -> Any:
+    """An API that says back every header it got (the debug endpoints that do exist)."""
+
+    def upstream(req: http.Request) -> http.Response:
+        said = "\n".join(f"{k}: {v}" for k, v in req.headers.items(multi=True)).encode()
+        body = gzip.compress(said) if encoding else said
+        resp = http.Response.make(200, b"" if streamed else body,
+                                  {"X-Seen-Proof": req.headers.get("dpop", "")})  # fmt: skip
+        if encoding:
+            resp.headers["content-encoding"] = encoding
+        resp.raw_content = b"" if streamed else body
+        if streamed:
+            resp.stream = True
+            resp.headers["x-streamed-body"] = said.decode()
+        return resp
+
+    return upstream
+
+
+@pytest.mark.parametrize(("streamed", "encoding"), [(False, ""), (False, "gzip"), (True, "")])
+@in_process
+async def test_an_echoed_proof_is_scrubbed_like_the_token(streamed: bool, encoding: str) -> None:
+    async with rig_context() as rig:
+        cache = _DpopCache()
+        assert rig.addon.runtime is not None
+        rig.addon.runtime.caches["api"] = cache  # type: ignore[assignment]
+        rig.cache = cache
+        sent: list[str] = []
+        echo = _echo(streamed, encoding)
+
+        def upstream(req: http.Request) -> http.Response:
+            sent.append(req.headers["dpop"])
+            return echo(req)
+
+        rig.upstream = upstream
+        flow = await rig.send(routed_flow())
+        (proof_sent,) = sent
+        assert jwt.get_unverified_header(proof_sent)["typ"] == "dpop+jwt"
+        resp = flow.response
+        assert resp is not None and resp.status_code == 200
+        assert proof_sent not in str(resp.headers)
+        assert resp.headers["x-seen-proof"] == "<redacted:dpop-proof>"
+        if streamed:
+            body = resp.headers.pop("x-streamed-body").encode()
+            assert callable(resp.stream)
+            half = len(body) // 2
+            out = resp.stream(body[:half]) + resp.stream(body[half:]) + resp.stream(b"")
+            assert len(out) == len(body)  # a Content-Length stays true
+        else:
+            out = resp.content or b""
+        assert proof_sent.encode() not in out
+        assert cache.current.access_token.encode() not in out
+        assert b"<redacted:dpop-proof>" in out
+
+
+@in_process
+async def test_an_echoed_proof_is_scrubbed_from_websocket_messages() -> None:
+    from mitmproxy.test import tflow
+    from mitmproxy.websocket import WebSocketMessage
+    from wsproto.frame_protocol import Opcode
+
+    async with rig_context() as rig:
+        cache = _DpopCache()
+        assert rig.addon.runtime is not None
+        rig.addon.runtime.caches["api"] = cache  # type: ignore[assignment]
+        flow = tflow.twebsocketflow()
+        flow.request.scheme, flow.request.host, flow.request.port = "https", HOST, 443
+        flow.request.headers["Host"] = HOST
+        flow.client_conn.sni = HOST
+        flow.response = None
+        await rig.addon.requestheaders(flow)
+        proof_sent = flow.request.headers["dpop"]
+        flow.response = http.Response.make(101)
+        await rig.addon.response(flow)
+        assert flow.websocket is not None
+        flow.websocket.messages.append(
+            WebSocketMessage(Opcode.TEXT, False, f"you sent {proof_sent}".encode())
+        )
+        await rig.addon.websocket_message(flow)
+        assert flow.websocket.messages[-1].content == b"you sent <redacted:dpop-proof>"

@@ -1,0 +1,65 @@
+"""Header lookups for the per-request path, where the header asked for is nearly always absent.
+
+mitmproxy's `name in headers` and `headers.get(name)` lower-case every field name in Python and
+raise and catch a KeyError when the name is absent. These read the raw names in one C-level
+join instead. Pure; names are given as lower-case bytes.
+"""
+
+from __future__ import annotations
+
+from operator import itemgetter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+__all__ = ["has", "header", "names", "put"]
+
+_name = itemgetter(0)
+
+
+# The last fields asked about and their names: a hook asks about the same head several times.
+# `fields` is an immutable tuple that mitmproxy replaces on every change, and it is held here,
+# so `is` proves the names are still right.
+_last: tuple[tuple[tuple[bytes, bytes], ...], bytes] = ((), b"\0\0")
+
+
+def names(headers: http.Headers) -> bytes:
+    """Every field name, lower case, each between NULs (`b"\\0host\\0" in names(h)`)."""
+    global _last
+    fields = headers.fields
+    last = _last  # one read: another thread may replace it, never half of it
+    if last[0] is fields:
+        return last[1]
+    found = b"\0" + b"\0".join(map(_name, fields)).lower() + b"\0"
+    _last = (fields, found)
+    return found
+
+
+def has(headers: http.Headers, name: bytes) -> bool:
+    return b"\0" + name + b"\0" in names(headers)
+
+
+def header(headers: http.Headers, name: bytes) -> str | None:
+    """`headers.get(name)` (every copy, joined as mitmproxy joins them), or None."""
+    return headers.get(name.decode()) if has(headers, name) else None
+
+
+def put(headers: http.Headers, name: bytes, value: str) -> None:
+    """`headers[name] = value`, as mitmproxy does it (the first copy takes the value, further
+    copies go, a name not there is appended), with one C-level lower() per field instead of a
+    Python call to lower-case each."""
+    new = value.encode("utf-8", "surrogateescape")
+    fields = headers.fields
+    if not has(headers, name):  # the usual case for a header the proxy adds
+        headers.fields = (*fields, (name, new))
+        return
+    out = []
+    done = False
+    for field in fields:
+        if field[0].lower() != name:
+            out.append(field)
+        elif not done:
+            out.append((field[0], new))
+            done = True
+    headers.fields = tuple(out)

@@ -1,13 +1,17 @@
-"""Which local user owns a TCP socket, from Linux's `/proc/net/tcp` and `/proc/net/tcp6`.
+"""Which local user owns a TCP socket: asked of Linux's netlink sock_diag, else read from
+`/proc/net/tcp` and `/proc/net/tcp6`.
 
 Loopback is shared by every user of a machine, so "a client on 127.0.0.1" says nothing about who
-it is. The kernel lists every TCP socket of the network namespace with its owner's uid; the
-other end of a connection we accepted is the entry whose local address is our peer's and whose
+it is. The kernel knows every TCP socket of the network namespace with its owner's uid; the
+other end of a connection we accepted is the socket whose local address is our peer's and whose
 remote address is ours. The same lookup from the client side (local = the server's address,
 remote = ours) gives the owner of the server's accepted socket, which is the listener's owner.
 
-Parsing is pure (`find_owner`) so it is tested on fixture text; `socket_owner`
-is the one function that reads /proc.
+The kernel is asked for that one socket by its addresses (`sockdiag`: one hash lookup, some
+20 us); reading /proc/net/tcp{,6} makes it list every socket, walking its whole connection hash
+table (about 10 ms for both files on a 4 GB machine, however few sockets there are), so /proc is
+only the fallback where netlink cannot answer. Parsing /proc is pure (`find_owner`) so it is
+tested on fixture text; `proc_owner` is the one function that reads /proc.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-__all__ = ["Endpoint", "endpoint", "find_owner", "kernel_forms", "socket_owner"]
+from .sockdiag import SockDiagUnavailable, lookup_owner
+
+__all__ = [
+    "Endpoint", "endpoint", "find_owner", "kernel_forms", "proc_owner", "socket_owner"
+]  # fmt: skip
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 ByteOrder = Literal["little", "big"]
@@ -82,7 +90,16 @@ def find_owner(
 
 def socket_owner(local: Endpoint, remote: Endpoint, proc_net: Path = PROC_NET) -> int | None:
     """The uid owning the socket `local` <-> `remote` on this machine, or None when it cannot
-    be found (no /proc, another machine's socket, a connection already gone)."""
+    be found (another machine's socket, a connection already gone, not Linux). Netlink
+    sock_diag is asked first; `proc_net` is read only where netlink cannot answer."""
+    try:
+        return lookup_owner(local, remote)
+    except SockDiagUnavailable:
+        return proc_owner(local, remote, proc_net)
+
+
+def proc_owner(local: Endpoint, remote: Endpoint, proc_net: Path = PROC_NET) -> int | None:
+    """`socket_owner` from the tables in `proc_net` (/proc/net/tcp{,6}), or None."""
 
     def tables() -> Iterator[str]:
         # An IPv4 peer may still hold an IPv6 socket (an IPv4-mapped address): tcp6 comes second.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,19 @@ def test_kernel_forms_in_both_byte_orders() -> None:
 
 def test_socket_owner_without_proc(tmp_path: Path) -> None:
     assert socket_owner(endpoint("127.0.0.1", 1), endpoint("127.0.0.1", 2), tmp_path) is None
+
+
+@pytest.mark.skipif(sys.byteorder != "little", reason="the fixture tables are little-endian")
+def test_socket_owner_reads_proc_without_netlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where netlink cannot answer (here: a system without it), the tables in /proc are read."""
+    (tmp_path / "tcp").write_text(TCP)
+    (tmp_path / "tcp6").write_text(TCP6)
+    monkeypatch.delattr(socket, "AF_NETLINK", raising=False)
+    local, remote = endpoint("127.0.0.1", 0xD431), endpoint("127.0.0.1", 8080)
+    assert socket_owner(local, remote, tmp_path) == 1001
+    assert socket_owner(endpoint("127.0.0.1", 0xC001), remote, tmp_path) == 1004  # from tcp6
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")

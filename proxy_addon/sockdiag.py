@@ -146,8 +146,10 @@ def lookup_owner(local: tuple[IP, int], remote: tuple[IP, int]) -> int | None:
     `remote`; None when there is none (the connection is gone, or in TIME_WAIT).
     Raises SockDiagUnavailable when netlink cannot tell."""
     global _seen_a_socket
-    if local[0].version != remote[0].version:
-        return None  # no connection joins an IPv4 and an IPv6 address
+    if local[0].version != remote[0].version or not (
+        0 <= local[1] <= 0xFFFF and 0 <= remote[1] <= 0xFFFF
+    ):
+        return None  # no connection joins an IPv4 and an IPv6 address, nor has such a port
     # An IPv4 address may belong to an IPv6 socket (IPv4-mapped): AF_INET6 is asked second.
     families: list[int] = (
         [socket.AF_INET, socket.AF_INET6] if local[0].version == 4 else [socket.AF_INET6]

@@ -200,6 +200,7 @@ def test_closed_connection_has_no_owner() -> None:
         assert lookup_owner(local, remote) is None
         assert proc_owner(local, remote) is None
     assert lookup_owner(endpoint("::1", 1), endpoint("127.0.0.1", 2)) is None  # mixed families
+    assert lookup_owner(endpoint("127.0.0.1", 1 << 16), accepted) is None  # not a port
 
 
 @needs_netlink

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 __all__ = [
     "DpopKey",
@@ -46,6 +46,17 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _header(jwk: Mapping[str, str]) -> str:
+    return _b64(_json({"alg": "ES256", "typ": "dpop+jwt", "jwk": dict(jwk)}))
+
+
+_ES256 = ECAlgorithm(ECAlgorithm.SHA256)
+
+
 @dataclass(frozen=True, slots=True)
 class DpopKey:
     """An EC P-256 key pair (ES256, which every DPoP server supports)."""
@@ -53,6 +64,7 @@ class DpopKey:
     private_key: ec.EllipticCurvePrivateKey = field(repr=False)
     jwk: Mapping[str, str] = field(default_factory=dict)
     thumbprint: str = ""  # RFC 7638 JWK thumbprint: the `jkt` tokens are bound to
+    header: str = ""  # every proof's JOSE header, base64url (the same for every proof)
 
     @classmethod
     def generate(cls) -> DpopKey:
@@ -69,7 +81,7 @@ class DpopKey:
         }
         # RFC 7638 §3: the required members, sorted, no whitespace.
         canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":")).encode()
-        return cls(private_key, jwk, _b64(hashlib.sha256(canonical).digest()))
+        return cls(private_key, jwk, _b64(hashlib.sha256(canonical).digest()), _header(jwk))
 
     @classmethod
     def from_pem(cls, pem: bytes) -> DpopKey:
@@ -123,8 +135,11 @@ def proof(
         claims["ath"] = access_token_hash(access_token)
     if nonce is not None:
         claims["nonce"] = nonce
-    headers = {"typ": "dpop+jwt", "jwk": dict(key.jwk)}
-    return jwt.encode(claims, key.private_key, algorithm="ES256", headers=headers)
+    # A compact JWS (RFC 7515 §7.1) whose signature is PyJWT's ES256 (raw r||s, RFC 7518
+    # §3.4). jwt.encode would build and serialise the same header for every request, which
+    # costs as much as the signature; the header is the key's, made once.
+    signing_input = f"{key.header or _header(key.jwk)}.{_b64(_json(claims))}"
+    return f"{signing_input}.{_b64(_ES256.sign(signing_input.encode(), key.private_key))}"
 
 
 def resource_proof(

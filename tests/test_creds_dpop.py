@@ -45,6 +45,10 @@ def test_a_proof_says_what_rfc_9449_asks() -> None:
     claims = jwt.decode(p, key.private_key.public_key(), algorithms=["ES256"])
     assert header["typ"] == "dpop+jwt" and header["alg"] == "ES256"
     assert header["jwk"] == dict(key.jwk) and "d" not in header["jwk"]
+    assert set(header) == {"typ", "alg", "jwk"}  # nothing else in the header made once per key
+    reloaded = DpopKey.from_pem(key.to_pem())  # a key read back from the store signs alike
+    assert jwt.decode(proof(reloaded, "GET", URL), key.private_key.public_key(),
+                      algorithms=["ES256"])["htm"] == "GET"  # fmt: skip
     assert claims["htm"] == "GET" and claims["htu"] == "https://api.example.test:8443/v1/items"
     assert claims["ath"] == access_token_hash("at-1") and claims["nonce"] == "n-1"
     assert abs(claims["iat"] - time.time()) < 5

@@ -23,7 +23,6 @@ import json
 import os
 import queue
 import secrets
-import socket
 import threading
 import time
 import webbrowser
@@ -39,6 +38,7 @@ from .grants import Grant, sign_in_for
 from .grants.oauth import OAuthGrant
 from .idp_http import Answer
 from .netutil import free_port
+from .peers import endpoint, socket_owner
 from .sanitize import clean, safe_code
 from .store import StoreError, TokenStore
 from .token_answer import parse_token_answer
@@ -169,10 +169,13 @@ class _Listener:
         self._thread.start()
 
     def same_user(self, h: BaseHTTPRequestHandler) -> bool:
-        """Is the connecting socket ours? Unknown (no /proc/net/tcp) counts as yes: the state,
-        the one-time link and `iss` still protect the sign-in there."""
+        """Is the connecting socket ours? Unknown (no socket table to ask) counts as yes: the
+        state, the one-time link and `iss` still protect the sign-in there."""
         peer = h.client_address
-        owner = socket_owner(_proc_net_tcp(), (peer[0], peer[1]), ("127.0.0.1", self.port))
+        try:
+            owner = socket_owner(endpoint(peer[0], peer[1]), endpoint("127.0.0.1", self.port))
+        except ValueError:
+            return True  # not an address: not a local socket either
         return owner is None or owner == os.getuid()
 
     @property
@@ -245,35 +248,6 @@ class _Listener:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def _proc_net_tcp() -> str | None:
-    try:
-        with open("/proc/net/tcp", encoding="ascii") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def socket_owner(table: str | None, local: tuple[str, int], remote: tuple[str, int]) -> int | None:
-    """The uid owning the IPv4 TCP socket `local` connected to `remote`, from the text of
-    Linux's /proc/net/tcp; None when it cannot be told."""
-    if table is None:
-        return None
-
-    def hexed(addr: tuple[str, int]) -> str:
-        try:
-            packed = socket.inet_aton(addr[0])
-        except OSError:
-            return ""
-        return f"{int.from_bytes(packed, 'little'):08X}:{addr[1]:04X}"
-
-    want = (hexed(local), hexed(remote))
-    for line in table.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) > 7 and (fields[1].upper(), fields[2].upper()) == want:
-            return int(fields[7]) if fields[7].isdigit() else None
-    return None
 
 
 def _send(

@@ -245,37 +245,3 @@ def test_iss_required_where_the_issuer_promises_it() -> None:
 )
 def test_off_issuer(url: str, off: bool) -> None:
     assert off_issuer(url, ISSUER) is off
-
-
-# --- the sign-in listener serves only its own user -------------------------------------------
-
-TABLE = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 1 1
-   1: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1001        0 2 1
-   2: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 3 1
-"""
-
-
-def test_socket_owner_from_proc_net_tcp() -> None:
-    from proxy_addon.login import socket_owner
-
-    assert socket_owner(TABLE, ("127.0.0.1", 0xD431), ("127.0.0.1", 8080)) == 1001
-    assert socket_owner(TABLE, ("127.0.0.1", 8080), ("127.0.0.1", 0xD431)) == 1000
-    assert socket_owner(TABLE, ("127.0.0.1", 1), ("127.0.0.1", 8080)) is None
-    assert socket_owner(None, ("127.0.0.1", 0xD431), ("127.0.0.1", 8080)) is None
-
-
-def test_socket_owner_of_a_real_connection_is_us() -> None:
-    import os
-    import socket
-
-    from proxy_addon.login import _proc_net_tcp, socket_owner
-
-    table = _proc_net_tcp()
-    if table is None:
-        pytest.skip("no /proc/net/tcp here")
-    server = socket.create_server(("127.0.0.1", 0))
-    with server, socket.create_connection(server.getsockname()) as client:
-        table = _proc_net_tcp()
-        owner = socket_owner(table, client.getsockname(), server.getsockname())
-    assert owner == os.getuid()

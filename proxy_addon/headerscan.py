@@ -37,7 +37,8 @@ def names(headers: http.Headers) -> bytes:
 
 
 def has(headers: http.Headers, name: bytes) -> bool:
-    return b"\0" + name + b"\0" in names(headers)
+    # lower(): a caller passing "Authorization" must not read "absent" and add a second one.
+    return b"\0" + name.lower() + b"\0" in names(headers)
 
 
 def header(headers: http.Headers, name: bytes) -> str | None:
@@ -50,6 +51,7 @@ def put(headers: http.Headers, name: bytes, value: str) -> None:
     copies go, a name not there is appended), with one C-level lower() per field instead of a
     Python call to lower-case each."""
     new = value.encode("utf-8", "surrogateescape")
+    name = name.lower()
     fields = headers.fields
     if not has(headers, name):  # the usual case for a header the proxy adds
         headers.fields = (*fields, (name, new))

@@ -33,3 +33,14 @@ def test_put_agrees_with_mitmproxy(fields: list[tuple[bytes, bytes]], name: byte
     theirs[name.decode()] = "v\u00e9"
     put(ours, name, "v\u00e9")
     assert ours.fields == theirs.fields
+
+
+@pytest.mark.parametrize("fields", FIELDS)
+@pytest.mark.parametrize("name", [b"Authorization", b"DPoP", b"UPGRADE"])
+def test_a_name_in_any_case_is_found_and_never_doubled(
+    fields: list[tuple[bytes, bytes]], name: bytes
+) -> None:
+    headers = http.Headers(fields)
+    assert has(headers, name) == (name.decode() in headers)
+    put(headers, name, "v")
+    assert [v for n, v in headers.fields if n.lower() == name.lower()] == [b"v"]

@@ -64,4 +64,6 @@ def put(headers: http.Headers, name: bytes, value: str) -> None:
         elif not done:
             out.append((field[0], new))
             done = True
+    if not done:  # has() saw the name only across fields (cannot come from the wire): add it
+        out.append((name, new))
     headers.fields = tuple(out)

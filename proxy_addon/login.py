@@ -38,7 +38,7 @@ from .grants import Grant, sign_in_for
 from .grants.oauth import OAuthGrant
 from .idp_http import Answer
 from .netutil import free_port
-from .peers import endpoint, socket_owner
+from .peers import endpoint, lookup_works, socket_owner
 from .sanitize import clean, safe_code
 from .store import StoreError, TokenStore
 from .token_answer import parse_token_answer
@@ -169,14 +169,18 @@ class _Listener:
         self._thread.start()
 
     def same_user(self, h: BaseHTTPRequestHandler) -> bool:
-        """Is the connecting socket ours? Unknown (no socket table to ask) counts as yes: the
-        state, the one-time link and `iss` still protect the sign-in there."""
+        """Is the connecting socket ours? Where the kernel cannot be asked (no /proc, no
+        netlink), unknown counts as yes: the state, the one-time link and `iss` still protect
+        the sign-in there. Where it can, a socket it does not know (reset or closed by its
+        process before the lookup) is not ours."""
         peer = h.client_address
         try:
             owner = socket_owner(endpoint(peer[0], peer[1]), endpoint("127.0.0.1", self.port))
         except ValueError:
-            return True  # not an address: not a local socket either
-        return owner is None or owner == os.getuid()
+            return False  # not an address a loopback client has
+        if owner is None:
+            return not lookup_works()
+        return owner == os.getuid()
 
     @property
     def start_url(self) -> str:

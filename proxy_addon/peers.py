@@ -23,10 +23,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from .sockdiag import SockDiagUnavailable, lookup_owner
+from .sockdiag import SockDiagUnavailable, found_a_socket, lookup_owner
 
 __all__ = [
-    "Endpoint", "endpoint", "find_owner", "kernel_forms", "proc_owner", "socket_owner"
+    "Endpoint", "endpoint", "find_owner", "kernel_forms", "lookup_works", "proc_owner",
+    "socket_owner",
 ]  # fmt: skip
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -35,6 +36,7 @@ PROC_NET = Path("/proc/net")
 # A socket in TIME_WAIT is no longer a process's: the kernel lists it with uid 0. LISTEN sockets
 # have no peer. Neither can be the other end of a live connection.
 _IGNORED_STATES = {"06", "0A"}
+_ESTABLISHED = "01"
 
 
 class Endpoint(NamedTuple):
@@ -84,6 +86,8 @@ def find_owner(
                 and fields[2].upper() in remotes
                 and fields[3].upper() not in _IGNORED_STATES
                 and fields[7].isdigit()
+                # A socket its process has closed is listed with uid 0: not root's.
+                and not (fields[7] == "0" and fields[3].upper() != _ESTABLISHED)
             ):
                 return int(fields[7])
     return None
@@ -97,6 +101,12 @@ def socket_owner(local: Endpoint, remote: Endpoint, proc_net: Path = PROC_NET) -
         return lookup_owner(local, remote)
     except SockDiagUnavailable:
         return proc_owner(local, remote, proc_net)
+
+
+def lookup_works(proc_net: Path = PROC_NET) -> bool:
+    """Whether "no owner found" means "no such socket" here, not "cannot ask": /proc/net/tcp is
+    there, or netlink has found a socket in this process."""
+    return (proc_net / "tcp").exists() or found_a_socket()
 
 
 def proc_owner(local: Endpoint, remote: Endpoint, proc_net: Path = PROC_NET) -> int | None:

@@ -42,6 +42,7 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 
 _FORBIDDEN_HEADERS = frozenset({
     "host", "proxy-authorization", "proxy-connection", "connection", "content-length",
     "transfer-encoding", "te", "upgrade", "keep-alive", "trailer", "cookie", "set-cookie",
+    "dpop",  # the proof's own header: a token there would be overwritten by the proof
 })  # fmt: skip
 _QUERY_NAME = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 

@@ -54,9 +54,17 @@ def scrub_echoes(
     return scrub_body(response, token.access_token, replacement, also=also)
 
 
-@functools.lru_cache(maxsize=64)  # a token is scrubbed from every answer while it lives
 def _needles(secret: str, replacement: str, also: Pairs) -> tuple[tuple[bytes, bytes], ...]:
-    return tuple((s.encode(), r.encode()) for s, r in ((secret, replacement), *also) if s)
+    token = _token_needle(secret, replacement)
+    if not also:
+        return token
+    # A DPoP proof is new with every request: encoded here, never cached.
+    return token + tuple((s.encode(), r.encode()) for s, r in also if s)
+
+
+@functools.lru_cache(maxsize=16)  # a token is scrubbed from every answer while it lives
+def _token_needle(secret: str, replacement: str) -> tuple[tuple[bytes, bytes], ...]:
+    return ((secret.encode(), replacement.encode()),) if secret else ()
 
 
 def scrub_head(

@@ -51,7 +51,7 @@ _NOCOOKIE = 0xFFFFFFFF
 _ALL_STATES = 0xFFFFFFFF
 # Not a process's socket any more (TIME_WAIT: the kernel reports uid 0), a listener (no peer),
 # or a half-open connection still in the listener's queue (reported with uid 0).
-_TCP_TIME_WAIT, _TCP_LISTEN, _TCP_NEW_SYN_RECV = 6, 10, 12
+_TCP_ESTABLISHED, _TCP_TIME_WAIT, _TCP_LISTEN, _TCP_NEW_SYN_RECV = 1, 6, 10, 12
 _IGNORED_STATES = {_TCP_TIME_WAIT, _TCP_LISTEN, _TCP_NEW_SYN_RECV}
 _TIMEOUT = 0.1  # seconds; the kernel answers an exact lookup before sendto() returns
 # An answer is one nlmsghdr + inet_diag_msg (no attributes asked), or an error that quotes the
@@ -133,7 +133,18 @@ def parse_answer(data: bytes, seq: int) -> DiagSocket | None:
 
 def live_owner(found: DiagSocket | None) -> int | None:
     """The uid of a socket that is a live connection's end, else None."""
-    return None if found is None or found.state in _IGNORED_STATES else found.uid
+    if found is None or found.state in _IGNORED_STATES:
+        return None
+    if found.uid == 0 and found.state != _TCP_ESTABLISHED:
+        # Closed by its process (an orphan, FIN_WAIT/CLOSING/LAST_ACK), the kernel reports uid 0:
+        # another user's send-then-close must not pass for root's to a proxy running as root.
+        return None
+    return found.uid
+
+
+def found_a_socket() -> bool:
+    """Whether sock_diag has found a socket in this process (so its "no such socket" holds)."""
+    return _seen_a_socket
 
 
 # ENOENT also means "this kernel has no inet_diag for TCP": until the kernel has answered with a

@@ -85,6 +85,7 @@ def test_query_parameter_replaces_the_clients_and_is_redacted() -> None:
         ({"header": "X-A", "query": "a"}, "exactly one of"),
         ({"header": "Host"}, "cannot carry a token"),
         ({"header": "Proxy-Authorization"}, "cannot carry a token"),
+        ({"header": "DPoP"}, "cannot carry a token"),
         ({"header": "Bad Name"}, "cannot carry a token"),
         ({"header": "X-A", "value": "no placeholder"}, "must contain {token}"),
         ({"header": "X-A", "value": "{token}\r\nX-Evil: 1"}, "no line breaks"),

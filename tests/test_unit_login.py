@@ -318,3 +318,29 @@ def test_another_user_cannot_use_the_start_url(
     cli.wait_for("from another user")
     sign_in(_follow_start(argv), username=USER, password=PASSWORD, ca=str(pki.ca_cert))
     assert cli.finish() == ""
+
+
+class _Peer:
+    """What `same_user` reads of a request handler: the client's address."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.client_address = address
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="the kernel cannot be asked here")
+def test_the_sign_in_listener_refuses_a_socket_the_kernel_does_not_know() -> None:
+    # A client that resets its connection right after sending is gone before the lookup:
+    # where the owner can be looked up at all, "unknown" is not "ours".
+    import socket
+
+    from proxy_addon.login import _Listener
+
+    listener = _Listener(0, "state")
+    try:
+        with socket.create_connection(("127.0.0.1", listener.port)) as ours:
+            assert listener.same_user(_Peer(ours.getsockname()))  # type: ignore[arg-type]
+        gone = ("127.0.0.1", 1)  # no socket has this address and the listener's as its peer
+        assert not listener.same_user(_Peer(gone))  # type: ignore[arg-type]
+        assert not listener.same_user(_Peer(("not an address", 5)))  # type: ignore[arg-type]
+    finally:
+        listener.close()

@@ -238,10 +238,11 @@ def load_tls_pair(cert_path: str, key_path: str) -> tuple[x509.Certificate, Any]
 def _stamps(*paths: str) -> tuple[tuple[int, ...], ...]:
     try:
         return tuple(
-            (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode) for st in map(os.stat, paths)
+            (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode, st.st_uid)
+            for st in map(os.stat, paths)
         )
     except OSError:
-        return tuple((0, 0, 0, 0) for _ in paths)
+        return tuple((0, 0, 0, 0, 0, 0) for _ in paths)
 
 
 @functools.lru_cache(maxsize=64)

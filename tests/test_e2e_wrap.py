@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from harness import HOSTS, ROOT, Proxy, cc_credential, route
 from support.git_server import GitServer
+from support.shell import sh_values
 
 from proxy_addon.demo.api import ApiServer
 from proxy_addon.demo.certs import Pki
@@ -166,18 +167,6 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
             proc.kill()
             raise AssertionError(f"no output within {timeout}s; stderr: {proc.stderr.read()}")  # type: ignore[union-attr]
     return proc.stdout.readline()
-
-
-def sh_values(output: str) -> dict[str, str]:
-    values = {}
-    for line in output.splitlines():
-        if line.startswith("#"):
-            continue
-        word, name_value = shlex.split(line)
-        assert word == "export", line
-        name, _, value = name_value.partition("=")
-        values[name] = value
-    return values
 
 
 # --- env ----------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import yaml
 from harness import cc_credential
 from support.inproc_cli import authproxy
 from support.keys import new_key, self_signed_cert
+from support.shell import sh_values
 
 from proxy_addon.config import load_config, parse_config, unavailable
 from proxy_addon.config_lint import bypass_warnings
@@ -75,18 +75,6 @@ def _write_config(work: Path, pki: Pki, *, proxy_ca: bool = True, **extra: objec
     path = work / "authproxy.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
-
-
-def _sh_values(output: str) -> dict[str, str]:
-    values = {}
-    for line in output.splitlines():
-        if line.startswith("#"):
-            continue
-        word, name_value = shlex.split(line)
-        assert word == "export", line
-        name, _, value = name_value.partition("=")
-        values[name] = value
-    return values
 
 
 # --- NO_PROXY: pure rules -----------------------------------------------------------------------
@@ -160,7 +148,7 @@ def test_env_for_fish_and_powershell(
         assert r.returncode == 0, r.stderr
         return r.stdout
 
-    expected = _sh_values(run())
+    expected = sh_values(run())
     assert list(expected) == list(VARIABLES)
     assert expected["HTTPS_PROXY"].startswith("http://user:p%40ss%20w%27ord@127.0.0.1:")
     assert AWKWARD in expected["SSL_CERT_FILE"]

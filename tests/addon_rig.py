@@ -141,6 +141,16 @@ def routed_flow(
     return f
 
 
+def routed_websocket_flow() -> http.HTTPFlow:
+    """A WebSocket handshake to the routed host, before its answer (as requestheaders sees it)."""
+    f = tflow.twebsocketflow()
+    f.request.scheme, f.request.host, f.request.port = "https", HOST, 443
+    f.request.headers["Host"] = HOST
+    f.client_conn.sni = HOST
+    f.response = None
+    return f
+
+
 def config(*routes: dict[str, Any], **top: Any) -> Any:
     data = {
         "credentials": {"api": {"grant": "static", "token": "configured-" + "s" * 20}},

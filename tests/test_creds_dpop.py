@@ -13,7 +13,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
-from addon_rig import HOST, FakeCache, in_process, make_token, rig_context, routed_flow
+from addon_rig import (
+    FakeCache,
+    in_process,
+    make_token,
+    rig_context,
+    routed_flow,
+    routed_websocket_flow,
+)
 from harness import CLIENT_ID, CLIENT_SECRET, route
 from mitmproxy import http, io
 
@@ -450,7 +457,6 @@ async def test_an_echoed_proof_is_scrubbed_like_the_token(streamed: bool, encodi
 
 @in_process
 async def test_an_echoed_proof_is_scrubbed_from_websocket_messages() -> None:
-    from mitmproxy.test import tflow
     from mitmproxy.websocket import WebSocketMessage
     from wsproto.frame_protocol import Opcode
 
@@ -458,11 +464,7 @@ async def test_an_echoed_proof_is_scrubbed_from_websocket_messages() -> None:
         cache = _DpopCache()
         assert rig.addon.runtime is not None
         rig.addon.runtime.caches["api"] = cache  # type: ignore[assignment]
-        flow = tflow.twebsocketflow()
-        flow.request.scheme, flow.request.host, flow.request.port = "https", HOST, 443
-        flow.request.headers["Host"] = HOST
-        flow.client_conn.sni = HOST
-        flow.response = None
+        flow = routed_websocket_flow()
         await rig.addon.requestheaders(flow)
         proof_sent = flow.request.headers["dpop"]
         flow.response = http.Response.make(101)

@@ -7,7 +7,16 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from addon_rig import HOST, config, in_process, make_token, rig_context, routed_flow, unavailable
+from addon_rig import (
+    HOST,
+    config,
+    in_process,
+    make_token,
+    rig_context,
+    routed_flow,
+    routed_websocket_flow,
+    unavailable,
+)
 from layer_rig import Http1Rig, addon_hooks, chunked, post_head
 from mitmproxy import ctx, http
 from mitmproxy.addons.proxyserver import Proxyserver
@@ -288,11 +297,7 @@ async def test_streamed_answer_gets_the_scrubber_and_encoded_stream_is_withheld(
 @in_process
 async def test_websocket_messages_from_the_server_are_scrubbed() -> None:
     async with rig_context() as rig:
-        flow = tflow.twebsocketflow()
-        flow.request.scheme, flow.request.host, flow.request.port = "https", HOST, 443
-        flow.request.headers["Host"] = HOST
-        flow.client_conn.sni = HOST
-        flow.response = None
+        flow = routed_websocket_flow()
         await rig.addon.requestheaders(flow)
         secret = make_token(1).access_token
         assert secret in flow.request.headers["authorization"]

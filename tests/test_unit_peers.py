@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def test_socket_owner_reads_proc_without_netlink(
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 def test_socket_owner_of_real_connections() -> None:
-    """Our own connection, and (as root) one that another uid (nobody) opens."""
+    """Our own connection, from both sides (another uid's: test_unit_sockdiag)."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
         with socket.create_connection(("127.0.0.1", port)) as client:
@@ -93,20 +92,6 @@ def test_socket_owner_of_real_connections() -> None:
                     socket_owner(endpoint("127.0.0.1", port), endpoint(*client.getsockname()))
                     == os.getuid()
                 )
-        if os.getuid() != 0:
-            return
-        other = subprocess.Popen(
-            ["curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{port}/"],
-            user=65534, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            server.settimeout(20)
-            accepted, peer = server.accept()
-            with accepted:
-                assert socket_owner(endpoint(*peer), endpoint("127.0.0.1", port)) == 65534
-        finally:
-            other.kill()
-            other.wait()
 
 
 @pytest.mark.parametrize(

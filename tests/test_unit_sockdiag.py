@@ -240,6 +240,7 @@ def test_another_users_connection() -> None:
                 theirs, ours = endpoint(*peer), endpoint(*accepted.getsockname())
                 assert lookup_owner(theirs, ours) == 65534
                 assert proc_owner(theirs, ours) == 65534
+                assert socket_owner(theirs, ours) == 65534  # what the local guard asks
                 assert lookup_owner(ours, theirs) == 0  # our side of it
         finally:
             other.kill()

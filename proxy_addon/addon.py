@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -24,7 +24,7 @@ from proxy_addon.audit import Audit, strip_query_values
 from proxy_addon.cache import CredentialCache
 from proxy_addon.compat import Replayer
 from proxy_addon.config import ConfigError, load_config
-from proxy_addon.decision import decide
+from proxy_addon.decision import decide, plain_route
 from proxy_addon.dpop import NonceCache, nonce_asked, resource_proof
 from proxy_addon.errors import TokenUnavailable
 from proxy_addon.guards import unsafe_options
@@ -34,7 +34,7 @@ from proxy_addon.instrument import instrument
 from proxy_addon.localguard import LocalGuard
 from proxy_addon.metrics import Metrics
 from proxy_addon.mtls import cert_routes, check_route_certs, client_cert_for, present_client_cert
-from proxy_addon.present import REDACTED_PROOF
+from proxy_addon.present import REDACTED_PROOF, Presentation, Presented, presented
 from proxy_addon.redact import (
     Pairs,
     StreamScrubber,
@@ -46,6 +46,7 @@ from proxy_addon.redact import (
 from proxy_addon.retry import retry_decision
 from proxy_addon.routes import Route
 from proxy_addon.runtime import Runtime
+from proxy_addon.shutdown import InFlight
 from proxy_addon.status import CredentialView
 from proxy_addon.statusaddon import StatusPage
 from proxy_addon.store import StoreError
@@ -69,9 +70,14 @@ class Injection(NamedTuple):
     request_streamed: bool
     refreshed: bool  # this request waited for a new token
     upgrade: bool  # a protocol upgrade (WebSocket): never re-sent
-    mark: str  # what replaces the token wherever it must not be seen (computed once)
+    shown: Presented  # the token as the route presents it, and its redacted mark
     proof: str | None = None  # the DPoP proof that went with the token (RFC 9449)
     nonce_retried: bool = False  # this is the re-send with the nonce the API asked for
+
+    @property
+    def mark(self) -> str:
+        """What replaces the token wherever it must not be seen."""
+        return self.shown.mark
 
     @property
     def dpop(self) -> bool:
@@ -92,25 +98,46 @@ class Resend(NamedTuple):
     attempt: int
 
 
+Pending = Awaitable[None] | None  # what a hook returns: None when it finished at once
+
+
 def _fail_closed[F: Callable[..., Any]](hook: F) -> F:
     """Hooks never raise into mitmproxy: an unexpected error is logged, and a flow that has
-    not been answered yet gets a 502 instead of going on (or hanging)."""
+    not been answered yet gets a 502 instead of going on (or hanging).
+
+    A hook does its work synchronously when it can and returns None (issue 11: a coroutine per
+    hook and request is measurable); when it must wait (a token refresh, a re-send), it returns
+    an awaitable, which mitmproxy awaits. Either way, errors end here."""
 
     @functools.wraps(hook)
-    async def guarded(self: AuthProxy, flow: http.HTTPFlow, *args: Any) -> None:
+    def guarded(self: AuthProxy, flow: http.HTTPFlow, *args: Any) -> Pending:
         try:
-            await hook(self, flow, *args)
+            pending = hook(self, flow, *args)
         except Exception:
-            logger.exception("authproxy: %s failed on %s %s", hook.__name__,
-                             flow.request.method, flow.request.host)  # fmt: skip
-            self._fail(flow)
+            self._failed(hook.__name__, flow)
+            return None
+        return None if pending is None else _finish_guarded(self, hook.__name__, flow, pending)
 
     return guarded  # type: ignore[return-value]
 
 
+async def _finish_guarded(
+    addon: AuthProxy, name: str, flow: http.HTTPFlow, pending: Awaitable[None]
+) -> None:
+    try:
+        await pending
+    except Exception:
+        addon._failed(name, flow)
+
+
 class AuthProxy:
-    def __init__(self, replay: Replayer = compat.replay) -> None:
+    def __init__(
+        self, replay: Replayer = compat.replay, *, guard: LocalGuard | None = None
+    ) -> None:
+        """`guard`: the peer check, loaded as our child (`authproxy run`, the script's
+        `addons`); a child costs mitmproxy less per request than an addon of its own."""
         self.runtime: Runtime | None = None
+        self.inflight = InFlight()  # for a graceful stop (shutdown.py)
         # Flows carrying a live token, so every exit path (response, error, shutdown) can
         # redact it. Weak: a flow that is gone holds nothing.
         self._injected: weakref.WeakKeyDictionary[http.HTTPFlow, Injection] = (
@@ -131,12 +158,14 @@ class AuthProxy:
         self.replay = replay  # the seam: mitmproxy's ReplayHandler, guarded; a fake in tests
         self._dpop_nonces = NonceCache()  # the last DPoP nonce each API origin gave
         self._cert_routes: tuple[Route, ...] = ()  # routes with a client certificate (mTLS)
-        self._marks: dict[str, tuple[Token, str]] = {}  # credential -> (its token, the mark)
+        # (credential, presentation) -> the token as presented, encoded once per token
+        self._shown: dict[tuple[str, Presentation], Presented] = {}
         self.metrics = Metrics()
         self.health = HealthProbe()
         self.status_page = StatusPage(lambda: self.runtime, lambda: self.metrics)
         self.audit = Audit(lambda: self.runtime.config.audit_log if self.runtime else None)
-        self.addons = [self.status_page, self.audit]  # mitmproxy loads these as our children
+        # mitmproxy loads these as our children.
+        self.addons: list[Any] = [self.status_page, self.audit, *([guard] if guard else [])]
         # Called with each flow once its token is redacted (the web UI adds it to its view then).
         self.on_redacted: Callable[[http.HTTPFlow], None] | None = None
         # Whether the web UI shows a flow already (a replay started from it).
@@ -255,15 +284,31 @@ class AuthProxy:
 
     # --- requests ---------------------------------------------------------------------------
 
+    def requestheaders(self, flow: http.HTTPFlow) -> Pending:
+        self.inflight.begin(flow)
+        return self._requestheaders(flow)
+
     @_fail_closed
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def _requestheaders(self, flow: http.HTTPFlow) -> Pending:
         # Headers may go upstream right after this hook when the body is streamed, so the token
         # goes in here, not in `request`.
         _forget_proxy_password(flow)
         rt = self.runtime
         if rt is None or flow.response or flow.error:
-            return
-        resend = self._resends.get(flow)
+            return None
+        resend = self._resends.get(flow) if self._resends else None
+        if resend is None and (self.visible is None or not self.visible(flow)):
+            # Nearly every request: plain, with a token at hand. Done without waiting.
+            route = plain_route(flow, rt.config.routes)
+            if route is not None:
+                cache = rt.caches[route.credential]
+                token = cache.ready()
+                if token is not None and token.token_type.lower() != "dpop":
+                    self._put_token(flow, route, cache, token, None, refreshed=False)
+                    return None
+        return self._decide(flow, rt, resend)
+
+    async def _decide(self, flow: http.HTTPFlow, rt: Runtime, resend: Resend | None) -> None:
         decision = decide(flow, rt.config.routes, resent=resend is not None)
         if decision.action == "status":
             if health_path(flow.request.path):  # /healthz, /readyz: for orchestrators
@@ -311,7 +356,19 @@ class AuthProxy:
             # unseen copy, and this flow only gets the copy's answer.
             flow.response = await self._send_copy(flow, route, Resend("replay", flow.id, 1))
             return
-        attempt = resend.attempt if resend is not None else 1
+        self._put_token(flow, route, cache, token, resend, refreshed=cache.refreshes != refreshes)
+
+    def _put_token(
+        self,
+        flow: http.HTTPFlow,
+        route: Route,
+        cache: CredentialCache,
+        token: Token,
+        resend: Resend | None,
+        *,
+        refreshed: bool,
+    ) -> None:
+        req = flow.request
         # Absent from nearly every request: one pass over the names instead of a failed lookup
         # (mitmproxy's raises and catches a KeyError) for each.
         present_names = names(req.headers)
@@ -324,7 +381,8 @@ class AuthProxy:
             if req.headers.get("upgrade", "").strip().lower() not in ("", "websocket"):
                 _drop_upgrade(req)
             upgrade = "upgrade" in req.headers
-        present.apply(req, route.present, token)
+        shown = self._presented(route, token)
+        present.apply(req, shown)
         proof = None
         if token.token_type.lower() == "dpop":  # else req.url need not be built
             proof = resource_proof(
@@ -333,12 +391,13 @@ class AuthProxy:
             )  # fmt: skip
             if proof is not None:
                 put(req.headers, b"dpop", proof)
+        attempt = resend.attempt if resend is not None else 1
         inj = Injection(
             route, cache, token, attempt=attempt,
             request_streamed=bool(req.stream) and attempt == 1,
-            refreshed=cache.refreshes != refreshes,
+            refreshed=refreshed,
             upgrade=upgrade,
-            mark=self._mark(route.credential, token),
+            shown=shown,
             proof=proof,
             nonce_retried=resend is not None and resend.kind == "nonce",
         )  # fmt: skip
@@ -350,14 +409,16 @@ class AuthProxy:
         if resend is not None:
             flow.metadata[META][f"{resend.kind}_of"] = resend.of
 
-    def _mark(self, credential: str, token: Token) -> str:
-        """The token's redacted mark (a hash of it), computed once per token, not per request."""
-        known = self._marks.get(credential)
-        if known is not None and known[0] is token:
-            return known[1]
-        mark = redacted_token(credential, token)
-        self._marks[credential] = (token, mark)
-        return mark
+    def _presented(self, route: Route, token: Token) -> Presented:
+        """The token as `route` presents it, with its redacted mark (a hash of it): computed
+        once per token, not per request."""
+        key = (route.credential, route.present)
+        known = self._shown.get(key)
+        if known is not None and known.token is token:
+            return known
+        shown = presented(token, route.present, redacted_token(route.credential, token))
+        self._shown[key] = shown
+        return shown
 
     def _answer(self, flow: http.HTTPFlow, response: http.Response) -> None:
         """Answer the client instead of forwarding. A body still to come (requestheaders) is
@@ -400,6 +461,11 @@ class AuthProxy:
         if route is not None:
             self._audit(flow, route)
 
+    def _failed(self, hook: str, flow: http.HTTPFlow) -> None:
+        logger.exception("authproxy: %s failed on %s %s", hook, flow.request.method,
+                         flow.request.host)  # fmt: skip
+        self._fail(flow)
+
     def _fail(self, flow: http.HTTPFlow) -> None:
         """The last resort of a hook that failed: redact, and answer 502 if nothing was sent."""
         inj = self._injected.get(flow)
@@ -420,14 +486,10 @@ class AuthProxy:
     async def credential_views(self) -> list[CredentialView]:
         return await self.status_page.credential_views()
 
-    @_fail_closed
-    async def request(self, flow: http.HTTPFlow) -> None:
-        _forget_proxy_password(flow)
-
     # --- responses --------------------------------------------------------------------------
 
     @_fail_closed
-    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
         """A streamed answer leaves right after this hook: scrub its head now, and its body
         as it passes."""
         _forget_proxy_password(flow)
@@ -462,20 +524,48 @@ class AuthProxy:
             return False
         return self._stream_limit() is not None
 
+    def response(self, flow: http.HTTPFlow) -> Pending:
+        pending = self._response(flow)
+        if pending is None:
+            self.inflight.end(flow)
+            return None
+        return self._in_flight_until(flow, pending)
+
+    async def _in_flight_until(self, flow: http.HTTPFlow, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        finally:
+            self.inflight.end(flow)
+
     @_fail_closed
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def _response(self, flow: http.HTTPFlow) -> Pending:
         _forget_proxy_password(flow)
         inj = self._injected.get(flow)
         if inj is None or flow.response is None:
-            return
+            return None
         try:
-            await self._answered(flow, inj)
-        finally:
-            self._redact(flow)
-            if inj.attempt == 1:
-                self._audit(flow, inj.route, refreshed=inj.refreshed)
+            pending = self._answered(flow, inj)
+        except BaseException:
+            self._done_with(flow, inj)
+            raise
+        if pending is None:  # nearly every answer: nothing to wait for
+            self._done_with(flow, inj)
+            return None
+        return self._after(flow, inj, pending)
 
-    async def _answered(self, flow: http.HTTPFlow, inj: Injection) -> None:
+    async def _after(self, flow: http.HTTPFlow, inj: Injection, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        finally:
+            self._done_with(flow, inj)
+
+    def _done_with(self, flow: http.HTTPFlow, inj: Injection) -> None:
+        self._redact(flow)
+        if inj.attempt == 1:
+            self._audit(flow, inj.route, refreshed=inj.refreshed)
+
+    def _answered(self, flow: http.HTTPFlow, inj: Injection) -> Awaitable[None] | None:
+        """Check the API's answer; an awaitable when it must be re-sent (a 401, a DPoP nonce)."""
         resp = flow.response
         assert resp is not None
         if not resp.stream:  # a streamed answer's head was handled in responseheaders
@@ -486,14 +576,21 @@ class AuthProxy:
                            resp.headers.get("content-encoding"))  # fmt: skip
             flow.response = replies.unscannable_response(inj.route)
             flow.metadata.setdefault(META, {})["error"] = "unscannable_response"
-            return
+            return None
         if resp.status_code == 101 and flow.websocket is None:
             logger.warning("%s %s: the API switched to a protocol other than WebSocket; "
                            "refused, since its bytes could not be checked for an echoed token",
                            flow.request.method, flow.request.host)  # fmt: skip
             flow.response = replies.unscannable_response(inj.route)
             flow.metadata.setdefault(META, {})["error"] = "unscannable_response"
-            return
+            return None
+        if resp.status_code != 401 and not inj.dpop:  # nothing to re-send
+            return None
+        return self._resend_if_refused(flow, inj, resp)
+
+    async def _resend_if_refused(
+        self, flow: http.HTTPFlow, inj: Injection, resp: http.Response
+    ) -> None:
         if inj.dpop and await self._dpop_nonce_retry(flow, inj, resp):
             return
         retry, refresh, why = self._retry_plan(inj, resp)
@@ -581,8 +678,12 @@ class AuthProxy:
             return copy.response
         return replies.retry_failed(route, copy.error.msg if copy.error else "no response")
 
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._error(flow)
+        self.inflight.end(flow)
+
     @_fail_closed
-    async def error(self, flow: http.HTTPFlow) -> None:
+    def _error(self, flow: http.HTTPFlow) -> None:
         _forget_proxy_password(flow)
         inj = self._injected.get(flow)
         self._redact(flow)
@@ -590,7 +691,7 @@ class AuthProxy:
             self._audit(flow, inj.route, refreshed=inj.refreshed)
 
     @_fail_closed
-    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
         """An API that echoes the token over a WebSocket: scrub what the server sends."""
         inj = self._sent.get(flow)
         if inj is None or flow.websocket is None or not flow.websocket.messages:
@@ -604,7 +705,7 @@ class AuthProxy:
     def _redact(self, flow: http.HTTPFlow) -> None:
         inj = self._injected.pop(flow, None)
         if inj is not None:
-            present.redact(flow.request, inj.route.present, inj.token.token_type, inj.mark)
+            present.redact(flow.request, inj.shown)
             if self.on_redacted is not None:
                 self.on_redacted(flow)
 
@@ -666,4 +767,4 @@ def _forget_proxy_password(flow: http.HTTPFlow) -> None:
     flow.metadata.pop("proxyauth", None)
 
 
-addons = [AuthProxy(), LocalGuard()]
+addons = [AuthProxy(guard=LocalGuard())]

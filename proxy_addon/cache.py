@@ -148,8 +148,23 @@ class CredentialCache:
 
     # --- the hot path ---------------------------------------------------------------------------
 
+    def ready(self) -> Token | None:
+        """The token `token()` would return at once, without waiting or asking the store;
+        None when it would wait (no token, one due for refresh or refused, a store look due).
+        The per-request path calls this and awaits `token()` only when it says None."""
+        tok = self._token
+        if tok is None or tok.access_token == self._refused:
+            return None
+        if self._task is None and self._mono() >= self._next_look:
+            return None
+        if needs_refresh(tok, self._clock(), self.policy.refresh_leeway):
+            return None
+        return tok
+
     async def token(self) -> Token:
         """A token that is valid now. A due refresh runs in the background while it lasts."""
+        if (ready := self.ready()) is not None:
+            return ready
         tok = self._token
         if tok is not None and self._task is None and self._mono() >= self._next_look:
             await self._look_at_store()  # ops (issue 13)

@@ -46,16 +46,24 @@ def header(headers: http.Headers, name: bytes) -> str | None:
     return headers.get(name.decode()) if has(headers, name) else None
 
 
-def put(headers: http.Headers, name: bytes, value: str) -> None:
+def put(headers: http.Headers, name: bytes, value: str | bytes) -> None:
     """`headers[name] = value`, as mitmproxy does it (the first copy takes the value, further
-    copies go, a name not there is appended), with one C-level lower() per field instead of a
-    Python call to lower-case each."""
-    new = value.encode("utf-8", "surrogateescape")
+    copies go, a name not there is appended), without a Python call per field in the usual
+    cases: the name absent, or there once."""
+    new = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
     name = name.lower()
     fields = headers.fields
-    if not has(headers, name):  # the usual case for a header the proxy adds
+    key = b"\0" + name + b"\0"
+    found = names(headers)
+    at = found.find(key)
+    if at == -1:  # the usual case for a header the proxy adds
         headers.fields = (*fields, (name, new))
         return
+    if found.find(key, at + 1) == -1:  # there once: its place is the NULs before it
+        i = found.count(b"\0", 0, at)
+        if i < len(fields) and fields[i][0].lower() == name:  # a NUL inside a name: the loop
+            headers.fields = (*fields[:i], (fields[i][0], new), *fields[i + 1 :])
+            return
     out = []
     done = False
     for field in fields:

@@ -7,9 +7,10 @@
   over HTTPS to GitHub).
 - `{query: access_token}`: a query parameter, for the APIs that still want one.
 
-`apply` puts the token in a request, `redact` replaces it by its redacted mark once the
-request has gone upstream (so flow files, the web UI and logs never hold it); the audit log
-writes paths without query values. Pure: plain functions over a mitmproxy request.
+`presented` encodes a token as a route presents it, once per token; `apply` puts it in a
+request, `redact` replaces it by its redacted mark once the request has gone upstream (so flow
+files, the web UI and logs never hold it); the audit log writes paths without query values.
+Pure: plain functions over a mitmproxy request.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ __all__ = [
     "BEARER",
     "REDACTED_PROOF",
     "Presentation",
+    "Presented",
     "apply",
     "carried",
     "parse_present",
+    "presented",
     "redact",
     "strip",
 ]
@@ -110,29 +113,53 @@ def _value(p: Presentation, token_type: str, token: str) -> str:
     return p.template.replace("{token_type}", token_type).replace("{token}", token)
 
 
-def apply(req: http.Request, p: Presentation, token: Token) -> None:
-    """Put `token` into `req` as `p` says (replacing what the client sent under that name)."""
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """A token as one route presents it, encoded once per token instead of once per request:
+    the header value that carries it and the value that replaces it once the request is gone."""
+
+    token: Token
+    how: Presentation
+    mark: str  # the redacted token: what stands for it wherever it must not be seen
+    header: bytes  # the header carrying it, lower case; b"" for a query parameter
+    value: bytes  # that header's value
+    redacted: bytes  # the same value with `mark` for the token
+
+
+def presented(token: Token, p: Presentation, mark: str) -> Presented:
     if p.kind == "query":
-        req.query[p.name] = token.access_token
+        return Presented(token, p, mark, b"", b"", b"")
+    redacted = f"Basic {mark}" if p.kind == "basic" else _value(p, token.token_type, mark)
+    return Presented(token, p, mark, p.name.encode(), _bytes(_value(p, token.token_type,
+                     token.access_token)), _bytes(redacted))  # fmt: skip
+
+
+def _bytes(value: str) -> bytes:
+    return value.encode("utf-8", "surrogateescape")  # as mitmproxy encodes a header value
+
+
+def apply(req: http.Request, pr: Presented) -> None:
+    """Put the token into `req` as its route says (replacing what the client sent under that
+    name)."""
+    if pr.how.kind == "query":
+        req.query[pr.how.name] = pr.token.access_token
     else:
-        put(req.headers, p.name.encode(), _value(p, token.token_type, token.access_token))
+        put(req.headers, pr.header, pr.value)
 
 
 REDACTED_PROOF = "<redacted:dpop-proof>"
 
 
-def redact(req: http.Request, p: Presentation, token_type: str, mark: str) -> None:
-    """Replace the token in `req` by `mark` (the redacted token, never usable), and a DPoP
+def redact(req: http.Request, pr: Presented) -> None:
+    """Replace the token in `req` by its mark (the redacted token, never usable), and a DPoP
     proof by a placeholder: a proof is bound to this request, but redacted like a token."""
     if has(req.headers, b"dpop"):
         put(req.headers, b"dpop", REDACTED_PROOF)
-    if p.kind == "query":
-        if p.name in req.query:
-            req.query[p.name] = mark
-    elif p.kind == "basic":
-        put(req.headers, p.name.encode(), f"Basic {mark}")
+    if pr.how.kind == "query":
+        if pr.how.name in req.query:
+            req.query[pr.how.name] = pr.mark
     else:
-        put(req.headers, p.name.encode(), _value(p, token_type, mark))
+        put(req.headers, pr.header, pr.redacted)
 
 
 def carried(req: http.Request, p: Presentation) -> bool:

@@ -77,8 +77,7 @@ def scrub_head(
             continue
         # Nearly always absent: one C search over the raw fields, nothing decoded, before the
         # slow path. (A match across the NUL separators could only send it down the slow path.)
-        raw = b"\0".join(itertools.chain.from_iterable(fields.fields))
-        if not any(needle in raw for needle, _ in needles):
+        if not _found(needles, b"\0".join(itertools.chain.from_iterable(fields.fields))):
             continue
         for old, new in ((secret, replacement), *also):
             if not old:
@@ -88,9 +87,19 @@ def scrub_head(
                 del fields[name]
                 fields.set_all(name.replace(old, new),
                                [v.replace(old, new) for v in values])  # fmt: skip
-    for old, new in ((secret, replacement), *also):
-        if old and old in response.reason:
-            response.reason = response.reason.replace(old, new)
+    reason = response.data.reason  # bytes; the str form is decoded as Latin-1
+    if _found(needles, reason) or not reason.isascii():
+        for old, new in ((secret, replacement), *also):
+            if old and old in response.reason:
+                response.reason = response.reason.replace(old, new)
+
+
+def _found(needles: tuple[tuple[bytes, bytes], ...], data: bytes) -> bool:
+    # A loop, not any() over a generator: this runs twice per answer (issue 11).
+    for needle, _ in needles:  # noqa: SIM110
+        if needle in data:
+            return True
+    return False
 
 
 def decoded_body(raw: bytes, content_encoding: str) -> bytes | None:
@@ -123,14 +132,14 @@ def scrub_body(
     needles = _needles(secret, replacement, also)
     ce = header(response.headers, b"content-encoding") or ""
     if not ce.strip(" ,").lower().replace("identity", "").strip(" ,"):
-        if any(needle in raw for needle, _ in needles):
+        if _found(needles, raw):
             response.headers.pop("content-encoding", None)
             response.content = _replace_all(raw, needles)
         return True
     body = decoded_body(raw, ce)
     if body is None:
         return False
-    if any(needle in body for needle, _ in needles):
+    if _found(needles, body):
         response.headers.pop("content-encoding", None)
         response.content = _replace_all(body, needles)
     return True
@@ -145,7 +154,7 @@ def _replace_all(data: bytes, needles: Sequence[tuple[bytes, bytes]]) -> bytes:
 def scrub_message(content: bytes, secret: str, replacement: str, *, also: Pairs = ()) -> bytes:
     """A whole WebSocket message."""
     needles = _needles(secret, replacement, also)
-    if any(needle in content for needle, _ in needles):
+    if _found(needles, content):
         return _replace_all(content, needles)
     return content
 

@@ -24,7 +24,7 @@ from .addon import AuthProxy
 from .config import Config
 from .localguard import LocalGuard
 from .reload import Reloader
-from .shutdown import DEFAULT_GRACE, GracefulStop, InFlight
+from .shutdown import DEFAULT_GRACE, GracefulStop
 from .tempproxy import ONE_TIME_AUTH_ENV
 from .workerstate import WorkerSlot, join_workers
 
@@ -57,13 +57,9 @@ async def _serve(ro: RunOptions) -> int:
     # mitmproxy's termlog filters by its own verbosity option; let records reach it.
     logging.getLogger().setLevel(logging.INFO)
     opts = options.Options()
-    authproxy = AuthProxy()
+    authproxy = AuthProxy(guard=LocalGuard())
     m = _web_master(opts, authproxy) if ro.web else _dump_master(opts, authproxy, ro.quiet)
-    inflight = InFlight()
-    m.addons.add(LocalGuard(), inflight.first, inflight.last)
-    m.addons.chain.remove(inflight.first)
-    m.addons.chain.insert(0, inflight.first)  # a request is in flight from its very first hook
-    m.addons.add(_FreezeAfterStart())
+    m.addons.add(_FreezeAfterStart(m))
     if ro.worker is not None:
         join_workers(m, authproxy, ro.worker)
 
@@ -97,7 +93,7 @@ async def _serve(ro: RunOptions) -> int:
         raise StartupError(str(e)) from None
 
     loop = asyncio.get_running_loop()
-    stop = GracefulStop(m, inflight, ro.grace)
+    stop = GracefulStop(m, authproxy.inflight, ro.grace)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.signal, sig)
     # SIGHUP: re-read the config and the store key (reload.py), never stop.
@@ -117,11 +113,16 @@ async def _serve(ro: RunOptions) -> int:
 
 class _FreezeAfterStart:
     """Once listening: move everything start-up built (the route table, 10 000 Route objects
-    for some configs) out of the cyclic GC's sight; walking them cost ~55 us per request."""
+    for some configs) out of the cyclic GC's sight; walking them cost ~55 us per request.
+    Then leave mitmproxy's chain, which it walks for every hook of every request."""
+
+    def __init__(self, m: master.Master) -> None:
+        self._master = m
 
     def running(self) -> None:
         gc.collect()
         gc.freeze()
+        self._master.addons.remove(self)  # safe here: the chain is replaced, not changed
 
 
 def _dump_master(opts: options.Options, authproxy: AuthProxy, quiet: bool) -> master.Master:

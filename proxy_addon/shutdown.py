@@ -3,9 +3,9 @@ the requests in flight (and the token refreshes they wait for) finish within a g
 (`--grace`); then the shutdown hooks run (the token cache gives a refresh in flight up to its
 `drain_timeout` to commit a rotated refresh token). A second signal ends the process at once.
 
-A request is in flight from its `requestheaders` hook (the first addon of the chain, before the
-token work) until its `response` or `error` hook has run in every addon (the last addon): the
-two ends are two small addons, `InFlight.first` and `InFlight.last`, placed accordingly.
+A request is in flight from the addon's `requestheaders` hook, before the token work, until its
+`response` or `error` hook is done (the addons after it in mitmproxy's chain run in the same
+step of the event loop, before a waiting stop can go on).
 """
 
 from __future__ import annotations
@@ -29,24 +29,32 @@ DEFAULT_GRACE = 5.0  # seconds
 
 
 class InFlight:
-    """The requests between their first and last hook."""
+    """The requests between the addon's first hook for them (`requestheaders`) and its last
+    (`response` or `error`). AuthProxy calls `begin` and `end`: two addons of their own at both
+    ends of mitmproxy's chain cost more per request than all of authproxy's work (issue 11),
+    since mitmproxy dispatches every hook to every addon."""
 
     def __init__(self) -> None:
         self._flows: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         self._idle = asyncio.Event()
         self._idle.set()
         self.stopping = False
-        self.first = _First(self)
-        self.last = _Last(self)
 
     def __len__(self) -> int:
         return len(self._flows)
 
-    def add(self, flow: http.HTTPFlow) -> None:
+    def begin(self, flow: http.HTTPFlow) -> None:
         self._flows.add(flow)
         self._idle.clear()
 
-    def discard(self, flow: http.HTTPFlow) -> None:
+    def end(self, flow: http.HTTPFlow) -> None:
+        if (
+            self.stopping
+            and flow.response
+            and flow.request.http_version.startswith("HTTP/1")
+        ):
+            # The client's next request would find the listener gone; tell it to reconnect.
+            flow.response.headers["connection"] = "close"
         self._flows.discard(flow)
         if not self._flows:
             self._idle.set()
@@ -55,32 +63,6 @@ class InFlight:
         while self._flows:
             self._idle.clear()
             await self._idle.wait()
-
-
-class _First:
-    def __init__(self, inflight: InFlight) -> None:
-        self._inflight = inflight
-
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        self._inflight.add(flow)
-
-
-class _Last:
-    def __init__(self, inflight: InFlight) -> None:
-        self._inflight = inflight
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        if (
-            self._inflight.stopping
-            and flow.response
-            and flow.request.http_version.startswith("HTTP/1")
-        ):
-            # The client's next request would find the listener gone; tell it to reconnect.
-            flow.response.headers["connection"] = "close"
-        self._inflight.discard(flow)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._inflight.discard(flow)
 
 
 class GracefulStop:

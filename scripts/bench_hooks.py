@@ -6,9 +6,9 @@ The end-to-end bench (scripts/bench.py) needs a quiet machine; this one measures
 process, so the figures hold on a busy one. For a routed HTTPS keep-alive GET with a cached
 token (a client_credentials credential whose token sits in the cache, as after the first call):
 
-1. hooks: authproxy's hooks called directly, in mitmproxy's order (requestheaders, request,
-   responseheaders, response, plus the two small in-flight addons of `authproxy run`), on flows
-   built beforehand; beside it, the same calls on a no-op addon with the same four async hooks.
+1. hooks: authproxy's hooks called directly, in mitmproxy's order (requestheaders,
+   responseheaders, response), on flows built beforehand; beside it, the same calls on a no-op
+   addon with four async hooks.
    The per-connection hooks (client_connected, http_connect, tls_clienthello,
    tls_start_server) are timed apart: a keep-alive connection pays them once.
 2. stack: mitmproxy's HTTP/1 layer (the one inside the TLS tunnel) parsing the request,
@@ -53,7 +53,6 @@ from mitmproxy.tools.dump import DumpMaster
 from proxy_addon.addon import AuthProxy
 from proxy_addon.dpop import DpopKey
 from proxy_addon.localguard import LocalGuard
-from proxy_addon.shutdown import InFlight
 from proxy_addon.tokens import Token
 
 HOST = "api.bench.test"
@@ -113,12 +112,8 @@ def authproxy_master(opts: options.Options) -> tuple[master.Master, AuthProxy]:
     """What `authproxy run -q` runs (runner._serve, _dump_master)."""
     from proxy_addon import runner
 
-    authproxy = AuthProxy()
+    authproxy = AuthProxy(guard=LocalGuard(harden=False))
     m = runner._dump_master(opts, authproxy, quiet=True)
-    inflight = InFlight()
-    m.addons.add(LocalGuard(harden=False), inflight.first, inflight.last)
-    m.addons.chain.remove(inflight.first)
-    m.addons.chain.insert(0, inflight.first)
     return m, authproxy
 
 
@@ -321,9 +316,8 @@ async def main(args: argparse.Namespace) -> int:
         for m in (m_bare, m_auth):  # what the proxy server triggers before serving
             activate(m)
             await m.addons.trigger_event(_running())
-        guard = next(a for a in m_auth.addons.chain if isinstance(a, LocalGuard))
-        inflight = [a for a in m_auth.addons.chain if type(a).__name__ in ("_First", "_Last")]
-        hooks_auth = request_hooks([inflight[0], authproxy, inflight[1]])
+        guard = next(a for a in authproxy.addons if isinstance(a, LocalGuard))
+        hooks_auth = request_hooks([authproxy])
         hooks_noop = request_hooks([NoOp()])
 
         client, server = client_and_server()

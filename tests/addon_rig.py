@@ -45,6 +45,9 @@ class FakeCache:
     def current(self) -> Token:
         return make_token(self.n)
 
+    def ready(self) -> Token | None:
+        return None if self.fail is not None else self.current
+
     async def token(self) -> Token:
         if self.fail is not None:
             raise self.fail
@@ -60,6 +63,14 @@ class FakeCache:
 
     def status(self) -> Any:
         return None
+
+
+async def hook(fn: Callable[..., Any], *args: Any) -> None:
+    """Call an addon's hook as mitmproxy does: it finishes at once (None) or hands back an
+    awaitable."""
+    pending = fn(*args)
+    if pending is not None:
+        await pending
 
 
 @dataclass
@@ -93,11 +104,9 @@ class Rig:
         """mitmproxy's order for one flow: requestheaders, request, (upstream), responseheaders,
         response; or error when the connection fails."""
         original_body = flow.request.raw_content
-        await self.addon.requestheaders(flow)
+        await hook(self.addon.requestheaders, flow)
         if flow.error or (flow.response is None and not flow.live):
             return flow
-        if flow.response is None:
-            await self.addon.request(flow)
         if flow.response is None:
             req = flow.request
             self.sent.append(Sent(
@@ -106,8 +115,8 @@ class Rig:
                 body_is_original=req.raw_content is original_body, streamed=bool(req.stream),
             ))  # fmt: skip
             flow.response = self.upstream(req)
-            await self.addon.responseheaders(flow)
-        await self.addon.response(flow)
+            await hook(self.addon.responseheaders, flow)
+        await hook(self.addon.response, flow)
         return flow
 
     async def replay(self, copy: http.HTTPFlow) -> None:

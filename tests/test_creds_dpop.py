@@ -15,6 +15,7 @@ import jwt
 import pytest
 from addon_rig import (
     FakeCache,
+    hook,
     in_process,
     make_token,
     rig_context,
@@ -465,13 +466,13 @@ async def test_an_echoed_proof_is_scrubbed_from_websocket_messages() -> None:
         assert rig.addon.runtime is not None
         rig.addon.runtime.caches["api"] = cache  # type: ignore[assignment]
         flow = routed_websocket_flow()
-        await rig.addon.requestheaders(flow)
+        await hook(rig.addon.requestheaders, flow)
         proof_sent = flow.request.headers["dpop"]
         flow.response = http.Response.make(101)
-        await rig.addon.response(flow)
+        await hook(rig.addon.response, flow)
         assert flow.websocket is not None
         flow.websocket.messages.append(
             WebSocketMessage(Opcode.TEXT, False, f"you sent {proof_sent}".encode())
         )
-        await rig.addon.websocket_message(flow)
+        await hook(rig.addon.websocket_message, flow)
         assert flow.websocket.messages[-1].content == b"you sent <redacted:dpop-proof>"

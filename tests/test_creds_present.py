@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from mitmproxy.test import tflow
 
-from proxy_addon.present import BEARER, Presentation, apply, parse_present, redact
+from proxy_addon.present import BEARER, Presentation, apply, parse_present, presented, redact
 from proxy_addon.present import carried as present_carried
 from proxy_addon.tokens import Token
 
@@ -21,7 +21,7 @@ def sent(p: Presentation, path: str = "/v1?x=1") -> Any:
     flow = tflow.tflow()
     flow.request.path = path
     flow.request.headers["authorization"] = "Bearer client-own"
-    apply(flow.request, p, TOKEN)
+    apply(flow.request, presented(TOKEN, p, MARK))
     return flow.request
 
 
@@ -29,7 +29,7 @@ def test_bearer_is_the_default() -> None:
     assert parse_present(None) is BEARER and parse_present("bearer") is BEARER
     req = sent(BEARER)
     assert req.headers["authorization"] == "Bearer tok-SECRET-1"
-    redact(req, BEARER, "Bearer", MARK)
+    redact(req, presented(TOKEN, BEARER, MARK))
     assert req.headers["authorization"] == f"Bearer {MARK}"
 
 
@@ -54,7 +54,7 @@ def test_header_with_a_template(raw: dict[str, str], header: str, value: str) ->
     p = parse_present(raw)
     req = sent(p)
     assert req.headers[header] == value
-    redact(req, p, "Bearer", MARK)
+    redact(req, presented(TOKEN, p, MARK))
     assert all("tok-SECRET-1" not in v for v in req.headers.values())
     assert MARK in req.headers[header]
 
@@ -65,7 +65,7 @@ def test_basic_with_a_fixed_user() -> None:
     scheme, _, blob = req.headers["authorization"].partition(" ")
     assert scheme == "Basic"
     assert base64.b64decode(blob).decode() == "x-access-token:tok-SECRET-1"
-    redact(req, p, "Bearer", MARK)
+    redact(req, presented(TOKEN, p, MARK))
     assert req.headers["authorization"] == f"Basic {MARK}"
 
 
@@ -73,7 +73,7 @@ def test_query_parameter_replaces_the_clients_and_is_redacted() -> None:
     p = parse_present({"query": "access_token"})
     req = sent(p, "/v1?x=1&access_token=client-own")
     assert req.query.get_all("access_token") == ["tok-SECRET-1"] and req.query["x"] == "1"
-    redact(req, p, "Bearer", MARK)
+    redact(req, presented(TOKEN, p, MARK))
     assert "tok-SECRET-1" not in req.path and req.query["access_token"] == MARK
     assert req.headers["authorization"] == "Bearer client-own"  # a query route leaves it be
 

@@ -10,6 +10,7 @@ import pytest
 from addon_rig import (
     HOST,
     config,
+    hook,
     in_process,
     make_token,
     rig_context,
@@ -298,18 +299,18 @@ async def test_streamed_answer_gets_the_scrubber_and_encoded_stream_is_withheld(
 async def test_websocket_messages_from_the_server_are_scrubbed() -> None:
     async with rig_context() as rig:
         flow = routed_websocket_flow()
-        await rig.addon.requestheaders(flow)
+        await hook(rig.addon.requestheaders, flow)
         secret = make_token(1).access_token
         assert secret in flow.request.headers["authorization"]
         flow.response = http.Response.make(101)
-        await rig.addon.response(flow)
+        await hook(rig.addon.response, flow)
         from mitmproxy.websocket import WebSocketMessage
         from wsproto.frame_protocol import Opcode
 
         flow.websocket.messages.append(
             WebSocketMessage(Opcode.TEXT, False, f"you sent {secret}".encode())
         )
-        await rig.addon.websocket_message(flow)
+        await hook(rig.addon.websocket_message, flow)
         assert secret.encode() not in flow.websocket.messages[-1].content
         assert b"<redacted:api:" in flow.websocket.messages[-1].content
 
@@ -486,11 +487,11 @@ async def test_a_master_with_a_view_never_holds_a_live_token() -> None:
         rig.addon.running()  # mitmweb -s / the console: the view exists once running
         assert rig.addon.on_redacted is not None
         flow = routed_flow()
-        await rig.addon.requestheaders(flow)
+        await hook(rig.addon.requestheaders, flow)
         view.requestheaders(flow)  # the view runs after the addon, as in mitmproxy's chain
         assert LIVE in flow.request.headers["authorization"]
         assert view.get_by_id(flow.id) is None
         flow.response = http.Response.make(200)
-        await rig.addon.response(flow)
+        await hook(rig.addon.response, flow)
         assert view.get_by_id(flow.id) is flow  # shown once redacted
         assert LIVE not in flow.request.headers["authorization"]

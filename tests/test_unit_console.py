@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from addon_rig import hook
 from mitmproxy.addons import default_addons
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -344,17 +345,17 @@ def test_addon_answers_the_console_with_its_routes_and_no_secret(tmp_path: Path)
                                                scheme=b"https", path=b"/x"))  # fmt: skip
             used.client_conn.sni = "legacy.example.test"
             used.request.headers["host"] = "legacy.example.test"
-            await addon.requestheaders(used)
+            await hook(addon.requestheaders, used)
             assert used.response is None, used.response.text
             assert used.request.headers["authorization"].startswith("Bearer static-secret-")
             used.response = tutils.tresp()
-            await addon.response(used)  # answered: redacted, and its duration observed
+            await hook(addon.response, used)  # answered: redacted, and its duration observed
             texts = []
             for path in ("/", "/status.json", "/metrics"):
                 f = tflow.tflow(req=tutils.treq(host="authproxy.local", port=80, scheme=b"http",
                                                 path=path.encode()))  # fmt: skip
                 f.request.authority = "authproxy.local"  # asked of the proxy, in absolute form
-                await addon.requestheaders(f)
+                await hook(addon.requestheaders, f)
                 assert f.response is not None and f.response.status_code == 200
                 texts.append(f.response.text)
             return texts

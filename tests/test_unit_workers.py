@@ -10,6 +10,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from mitmproxy.hooks import RunningHook
+from mitmproxy.test import taddons
 
 from proxy_addon.config import parse_config
 from proxy_addon.metrics import REQUEST_BUCKETS, Histogram
@@ -96,12 +98,16 @@ def test_one_worker_runs_in_this_process(tmp_path: Path) -> None:
         supervise("2", lambda r: 0, _ro(tmp_path, web=True))
 
 
-def test_the_runner_freezes_what_start_up_built() -> None:
-    try:
-        _FreezeAfterStart().running()
-        assert gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()
+def test_the_runner_freezes_what_start_up_built_then_leaves_the_chain() -> None:
+    with taddons.context() as tctx:
+        freeze = _FreezeAfterStart(tctx.master)
+        tctx.master.addons.add(freeze)
+        try:
+            tctx.master.addons.trigger(RunningHook())
+            assert gc.get_freeze_count() > 0
+            assert freeze not in tctx.master.addons.chain  # no cost per request afterwards
+        finally:
+            gc.unfreeze()
 
 
 # --- merging -----------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from proxy_addon.instrument import instrument
 from proxy_addon.localguard import LocalGuard
 from proxy_addon.metrics import Metrics
 from proxy_addon.mtls import cert_routes, check_route_certs, client_cert_for, present_client_cert
-from proxy_addon.present import REDACTED_PROOF, Presentation, Presented, presented
+from proxy_addon.present import REDACTED_PROOF, Presented, presented
 from proxy_addon.redact import (
     Pairs,
     StreamScrubber,
@@ -134,8 +134,8 @@ class AuthProxy:
     def __init__(
         self, replay: Replayer = compat.replay, *, guard: LocalGuard | None = None
     ) -> None:
-        """`guard`: the peer check, loaded as our child (`authproxy run`, the script's
-        `addons`); a child costs mitmproxy less per request than an addon of its own."""
+        """`guard`: the peer check (`authproxy run`, the script's `addons`), run as one of our
+        parts (see `parts`)."""
         self.runtime: Runtime | None = None
         self.inflight = InFlight()  # for a graceful stop (shutdown.py)
         # Flows carrying a live token, so every exit path (response, error, shutdown) can
@@ -158,14 +158,17 @@ class AuthProxy:
         self.replay = replay  # the seam: mitmproxy's ReplayHandler, guarded; a fake in tests
         self._dpop_nonces = NonceCache()  # the last DPoP nonce each API origin gave
         self._cert_routes: tuple[Route, ...] = ()  # routes with a client certificate (mTLS)
-        # (credential, presentation) -> the token as presented, encoded once per token
-        self._shown: dict[tuple[str, Presentation], Presented] = {}
+        # route index -> the token as that route presents it, encoded once per token
+        self._shown: dict[int, Presented] = {}
         self.metrics = Metrics()
         self.health = HealthProbe()
         self.status_page = StatusPage(lambda: self.runtime, lambda: self.metrics)
         self.audit = Audit(lambda: self.runtime.config.audit_log if self.runtime else None)
-        # mitmproxy loads these as our children.
-        self.addons: list[Any] = [self.status_page, self.audit, *([guard] if guard else [])]
+        # Small addons of their own, whose lifecycle hooks we call: as mitmproxy children
+        # (`self.addons`), mitmproxy would walk them on every hook of every request, and an addon
+        # in its chain costs more per request than all of authproxy's own work (issue 11).
+        self.guard = guard
+        self.parts: tuple[Any, ...] = (self.status_page, self.audit, *([guard] if guard else []))
         # Called with each flow once its token is redacted (the web UI adds it to its view then).
         self.on_redacted: Callable[[http.HTTPFlow], None] | None = None
         # Whether the web UI shows a flow already (a replay started from it).
@@ -182,8 +185,20 @@ class AuthProxy:
             "authproxy_config", str | None, None,  # type: ignore[arg-type]  # mitmproxy takes unions
             "Path of the authproxy YAML configuration.",
         )
+        self._parts_hook("load", loader)
+
+    def _parts_hook(self, name: str, *args: Any) -> None:
+        """A lifecycle hook of our parts, after ours (mitmproxy's order for children)."""
+        for part in self.parts:
+            hook = getattr(part, name, None)
+            if hook is not None:
+                hook(*args)
 
     def configure(self, updated: set[str]) -> None:
+        self._configure(updated)
+        self._parts_hook("configure", updated)
+
+    def _configure(self, updated: set[str]) -> None:
         if "authproxy_config" in updated:
             self._load(ctx.options.authproxy_config)
         if self.runtime is None or not self.runtime.config.credentials:
@@ -241,11 +256,17 @@ class AuthProxy:
             self.runtime.close()
         for closer in self._closing:  # a config replaced by a reload: let it commit, too
             closer.join()
+        self._parts_hook("done")
 
     # --- connections ------------------------------------------------------------------------
 
     def running(self) -> None:
         self._guard_view()
+        self._parts_hook("running")
+
+    def client_connected(self, client: connection.Client) -> None:
+        if self.guard is not None:
+            self.guard.client_connected(client)
 
     def _guard_view(self) -> None:
         """Under a master with a flow view (mitmweb, mitmproxy's console, `authproxy run
@@ -296,7 +317,7 @@ class AuthProxy:
         rt = self.runtime
         if rt is None or flow.response or flow.error:
             return None
-        resend = self._resends.get(flow) if self._resends else None
+        resend = self._resends.get(flow) if flow.is_replay else None  # ours are replays
         if resend is None and (self.visible is None or not self.visible(flow)):
             # Nearly every request: plain, with a token at hand. Done without waiting.
             route = plain_route(flow, rt.config.routes)
@@ -412,12 +433,12 @@ class AuthProxy:
     def _presented(self, route: Route, token: Token) -> Presented:
         """The token as `route` presents it, with its redacted mark (a hash of it): computed
         once per token, not per request."""
-        key = (route.credential, route.present)
-        known = self._shown.get(key)
-        if known is not None and known.token is token:
+        known = self._shown.get(route.index)
+        # `is`: a reload may give the index another route; its token or presentation differ.
+        if known is not None and known.token is token and known.how is route.present:
             return known
         shown = presented(token, route.present, redacted_token(route.credential, token))
-        self._shown[key] = shown
+        self._shown[route.index] = shown
         return shown
 
     def _answer(self, flow: http.HTTPFlow, response: http.Response) -> None:

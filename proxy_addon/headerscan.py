@@ -18,21 +18,24 @@ __all__ = ["has", "header", "names", "put"]
 _name = itemgetter(0)
 
 
-# The last fields asked about and their names: a hook asks about the same head several times.
-# `fields` is an immutable tuple that mitmproxy replaces on every change, and it is held here,
-# so `is` proves the names are still right.
-_last: tuple[tuple[tuple[bytes, bytes], ...], bytes] = ((), b"\0\0")
+# The last two heads asked about and their names: hooks ask about the same head several times,
+# and about a request's and its answer's in turn. `fields` is an immutable tuple that mitmproxy
+# replaces on every change, and it is held here, so `is` proves the names are still right.
+_Seen = tuple[tuple[tuple[bytes, bytes], ...], bytes]
+_last: tuple[_Seen, _Seen] = (((), b"\0\0"), ((), b"\0\0"))
 
 
 def names(headers: http.Headers) -> bytes:
     """Every field name, lower case, each between NULs (`b"\\0host\\0" in names(h)`)."""
     global _last
     fields = headers.fields
-    last = _last  # one read: another thread may replace it, never half of it
-    if last[0] is fields:
-        return last[1]
+    newest, older = _last  # one read: another thread may replace it, never half of it
+    if newest[0] is fields:
+        return newest[1]
+    if older[0] is fields:
+        return older[1]
     found = b"\0" + b"\0".join(map(_name, fields)).lower() + b"\0"
-    _last = (fields, found)
+    _last = ((fields, found), newest)
     return found
 
 

@@ -316,7 +316,7 @@ async def main(args: argparse.Namespace) -> int:
         for m in (m_bare, m_auth):  # what the proxy server triggers before serving
             activate(m)
             await m.addons.trigger_event(_running())
-        guard = next(a for a in authproxy.addons if isinstance(a, LocalGuard))
+        guard = next(a for a in authproxy.parts if isinstance(a, LocalGuard))
         hooks_auth = request_hooks([authproxy])
         hooks_noop = request_hooks([NoOp()])
 

@@ -26,10 +26,15 @@ def _status_flow(path: str) -> http.HTTPFlow:
 
 
 @in_process
-async def test_the_status_page_and_audit_are_child_addons() -> None:
+async def test_the_status_page_and_audit_are_addons_the_proxy_runs() -> None:
     async with rig_context() as rig:
-        kinds = [type(a) for a in rig.addon.addons]
+        kinds = [type(a) for a in rig.addon.parts]
         assert StatusPage in kinds and Audit in kinds
+        # Their hooks run through ours, not mitmproxy's walk of every request's hooks.
+        assert not hasattr(rig.addon, "addons")
+        from mitmproxy import ctx
+
+        assert "authproxy_audit_log" in ctx.options  # the audit log's load hook ran
 
 
 @in_process

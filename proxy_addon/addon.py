@@ -167,7 +167,6 @@ class AuthProxy:
         # Small addons of their own, whose lifecycle hooks we call: as mitmproxy children
         # (`self.addons`), mitmproxy would walk them on every hook of every request, and an addon
         # in its chain costs more per request than all of authproxy's own work (issue 11).
-        self.guard = guard
         self.parts: tuple[Any, ...] = (self.status_page, self.audit, *([guard] if guard else []))
         # Called with each flow once its token is redacted (the web UI adds it to its view then).
         self.on_redacted: Callable[[http.HTTPFlow], None] | None = None
@@ -265,8 +264,7 @@ class AuthProxy:
         self._parts_hook("running")
 
     def client_connected(self, client: connection.Client) -> None:
-        if self.guard is not None:
-            self.guard.client_connected(client)
+        self._parts_hook("client_connected", client)  # the peer check, the worker's count
 
     def _guard_view(self) -> None:
         """Under a master with a flow view (mitmweb, mitmproxy's console, `authproxy run

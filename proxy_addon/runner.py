@@ -61,7 +61,7 @@ async def _serve(ro: RunOptions) -> int:
     m = _web_master(opts, authproxy) if ro.web else _dump_master(opts, authproxy, ro.quiet)
     m.addons.add(_FreezeAfterStart(m))
     if ro.worker is not None:
-        join_workers(m, authproxy, ro.worker)
+        join_workers(authproxy, ro.worker)
 
     host, port = ro.listen or (ro.config.listen_host, ro.config.listen_port)
     settings: dict[str, object] = {

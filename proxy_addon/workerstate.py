@@ -31,7 +31,7 @@ from .metrics import Metrics
 from .status import CredentialView
 
 if TYPE_CHECKING:
-    from mitmproxy import connection, master
+    from mitmproxy import connection
 
     from .addon import AuthProxy
 
@@ -326,12 +326,14 @@ class WorkerPublisher:
             logger.warning("authproxy: cannot publish this worker's numbers to %s: %s", path, e)
 
 
-def join_workers(m: master.Master, authproxy: AuthProxy, slot: WorkerSlot) -> None:
+def join_workers(authproxy: AuthProxy, slot: WorkerSlot) -> None:
     """Make this process one of several workers: share the listen port, and publish and merge
-    the numbers. Before the options are set (the addon instruments its metrics then)."""
+    the numbers. Before the options are set (the addon instruments its metrics then). The
+    publisher runs as one of the addon's parts: an addon in mitmproxy's chain of its own would
+    cost each request more than the publisher's work."""
     from . import compat
 
     compat.share_listen_port()
     metrics = ClusterMetrics(slot)
     authproxy.metrics = metrics
-    m.addons.add(WorkerPublisher(metrics, authproxy))
+    authproxy.parts = (*authproxy.parts, WorkerPublisher(metrics, authproxy))

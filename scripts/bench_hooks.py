@@ -20,10 +20,11 @@ token (a client_credentials credential whose token sits in the cache, as after t
 
 Rounds alternate between the variants; each figure is the best round (CPU time of the thread
 that runs the event loop, as in the proxy). Beside the times, Python function calls per
-request, counted under cProfile: a figure no other process on the machine can disturb.
-Our hooks cost more inside the stack than in a loop of their own (mitmproxy's work between
-them takes their code and data out of the CPU caches): the stack's difference is the figure
-that counts. `--dpop` routes the request to a DPoP credential (a proof per request).
+request, counted under cProfile: a figure no other process on the machine can disturb. On a
+shared virtual machine the times still move by ±20% between runs, more than the difference
+sought; scripts/bench_instructions.py counts instructions for the same stack instead.
+In the stack, every addon in mitmproxy's chain costs each request a coroutine, two generators
+and a context manager per hook event, whether it has that hook or not (`--noop-stack`). `--dpop` routes the request to a DPoP credential (a proof per request).
 `--profile` prints cProfile's top functions for the hooks.
 """
 

@@ -1,7 +1,7 @@
 """Instructions per request, bare `mitmdump -q` against `authproxy run -q`: a measure no other
 process on the machine can disturb (issue 11, item 1).
 
-    .venv/bin/python scripts/bench_instructions.py [--requests 200] [--dpop]
+    .venv/bin/python scripts/bench_instructions.py [--requests 200] [--dpop] [--noop-addon]
 
 The time figures of scripts/bench.py and scripts/bench_hooks.py move by ±20% between rounds on
 a shared virtual machine, more than the difference they are after. This runs the same
@@ -60,7 +60,8 @@ def outside(args: argparse.Namespace) -> int:
         lib = build_helper(work)
         cmd = [valgrind, "--tool=callgrind", "--collect-atstart=no",
                f"--callgrind-out-file={work}/cg.out", sys.executable, __file__,
-               "--requests", str(args.requests), *(["--dpop"] if args.dpop else [])]  # fmt: skip
+               "--requests", str(args.requests), *(["--dpop"] if args.dpop else []),
+               *(["--noop-addon"] if args.noop_addon else [])]  # fmt: skip
         env = {**os.environ, INSIDE: str(lib), "PYTHONHASHSEED": "0"}
         run = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if run.returncode != 0:
@@ -82,6 +83,9 @@ def outside(args: argparse.Namespace) -> int:
     print(f"added by authproxy   {auth - bare:12,.0f}  ({(auth - bare) / bare:+.2%})")
     print(f"ratio bare/authproxy {bare / auth:.3f} (in-process, no TLS or sockets: mitmproxy's "
           "share of a real request is larger, so the end-to-end ratio is closer to 1)")
+    if (noop := counts.get("bare+noop")) is not None:
+        print(f"bare + a no-op addon {noop:12,.0f}  ({(noop - bare) / bare:+.2%}: what one more "
+              "addon in mitmproxy's chain costs, hooks or not)")  # fmt: skip
     return 0
 
 
@@ -102,8 +106,15 @@ async def inside(args: argparse.Namespace, lib: str) -> int:
         opts_b = options.Options()
         m_bare = bh.mitmdump_master(opts_b)
         opts_b.update(listen_host="127.0.0.1", termlog_verbosity="error", flow_detail=0)
+        masters = [("bare", m_bare), ("authproxy", m_auth)]
+        if args.noop_addon:
+            opts_c = options.Options()
+            m_noop = bh.mitmdump_master(opts_c)
+            m_noop.addons.add(bh.NoOp())
+            opts_c.update(listen_host="127.0.0.1", termlog_verbosity="error", flow_detail=0)
+            masters.append(("bare+noop", m_noop))
         drivers = {}
-        for name, m in (("bare", m_bare), ("authproxy", m_auth)):
+        for name, m in masters:
             bh.activate(m)
             await m.addons.trigger_event(bh._running())
             drivers[name] = bh.LayerDriver(m)
@@ -131,6 +142,8 @@ if __name__ == "__main__":
     )
     parser.add_argument("--requests", type=int, default=200, help="per variant")
     parser.add_argument("--dpop", action="store_true", help="a DPoP credential (proof per call)")
+    parser.add_argument("--noop-addon", action="store_true",
+                        help="also count bare mitmdump with one more (no-op) addon")  # fmt: skip
     parsed = parser.parse_args()
     if helper := os.environ.get(INSIDE):
         sys.exit(asyncio.run(inside(parsed, helper)))

@@ -7,6 +7,7 @@ authproxy_config=FILE`. Imports are absolute because mitmproxy loads a script by
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import threading
 import time
@@ -187,15 +188,31 @@ class AuthProxy:
         self._parts_hook("load", loader)
 
     def _parts_hook(self, name: str, *args: Any) -> None:
-        """A lifecycle hook of our parts, after ours (mitmproxy's order for children)."""
+        """A lifecycle hook of our parts, after ours (mitmproxy's order for children). Each
+        runs even when one before it fails, as mitmproxy runs each addon's; the first option
+        error is raised once all have run, any other error is logged."""
+        refused: exceptions.OptionsError | None = None
         for part in self.parts:
             hook = getattr(part, name, None)
-            if hook is not None:
-                hook(*args)
+            if hook is None:
+                continue
+            try:
+                result = hook(*args)
+                if inspect.iscoroutine(result):  # never dropped unawaited: a peer check, say
+                    result.close()
+                    raise TypeError(f"{type(part).__name__}.{name} must be synchronous")
+            except exceptions.OptionsError as e:
+                refused = refused or e
+            except Exception:
+                logger.exception("authproxy: %s of %s failed", name, type(part).__name__)
+        if refused is not None:
+            raise refused
 
     def configure(self, updated: set[str]) -> None:
-        self._configure(updated)
-        self._parts_hook("configure", updated)
+        try:
+            self._configure(updated)
+        finally:  # the peer check's file modes, the audit log: whatever our own config says
+            self._parts_hook("configure", updated)
 
     def _configure(self, updated: set[str]) -> None:
         if "authproxy_config" in updated:
@@ -234,6 +251,7 @@ class AuthProxy:
                 path,
             )
         old, self.runtime = self.runtime, runtime
+        self._shown.clear()  # tokens presented by routes that may be gone
         self._cert_routes = cert_routes(runtime.config.routes) if runtime else ()
         if old is not None:
             closer = threading.Thread(target=old.close, name="authproxy-close-old-config")
@@ -248,20 +266,24 @@ class AuthProxy:
         return flow in self._injected
 
     def done(self) -> None:
-        # mitmproxy's Save writes flows still in flight at shutdown; redact them first.
-        for flow in list(self._injected.keys()):
-            self._redact(flow)
-        if self.runtime is not None:
-            self.runtime.close()
-        for closer in self._closing:  # a config replaced by a reload: let it commit, too
-            closer.join()
-        self._parts_hook("done")
+        try:
+            # mitmproxy's Save writes flows still in flight at shutdown; redact them first.
+            for flow in list(self._injected.keys()):
+                self._redact(flow)
+            if self.runtime is not None:
+                self.runtime.close()
+            for closer in self._closing:  # a config replaced by a reload: let it commit, too
+                closer.join()
+        finally:
+            self._parts_hook("done")
 
     # --- connections ------------------------------------------------------------------------
 
     def running(self) -> None:
-        self._guard_view()
-        self._parts_hook("running")
+        try:
+            self._guard_view()
+        finally:
+            self._parts_hook("running")
 
     def client_connected(self, client: connection.Client) -> None:
         self._parts_hook("client_connected", client)  # the peer check, the worker's count

@@ -77,6 +77,8 @@ def plain_route(flow: http.HTTPFlow, routes: RouteTable) -> Route | None:
     if data.scheme != b"https" or data.authority or data.method not in _PLAIN_METHODS:
         return None
     host = data.host
+    if ":" in host:  # IPv6: its Host header is bracketed; decide() reads it
+        return None
     sni = flow.client_conn.sni
     if sni is not None and sni != host:
         return None

@@ -99,7 +99,10 @@ def misdirection(flow: http.HTTPFlow) -> str | None:
 
 def _names_target(value: str, host: str, port: int, scheme: str) -> bool:
     """The common case, decided without parsing: the name is the destination itself, byte for
-    byte (`host`, or `host:port`). `host` matched a route, so it is a valid host name."""
+    byte (`host`, or `host:port`; an IPv6 address in brackets). `host` matched a route, so it
+    is a valid host name or address."""
+    if ":" in host:  # IPv6: unbracketed, `::1:443` is another address, not ::1 port 443
+        host = f"[{host}]"
     if value == host:
         return port == url.default_port(scheme)
     return value.startswith(host) and value[len(host) :] == f":{port}"

@@ -66,9 +66,9 @@ class Histogram:
         self._data: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
 
     def observe(self, values: tuple[str, ...], seconds: float) -> None:
-        entry = self._data.get(values)  # not setdefault: its default would be built each time
+        entry = self._data.get(values)  # setdefault alone would build its default each time
         if entry is None:
-            entry = self._data[values] = ([0] * (len(self.buckets) + 1), [0.0])
+            entry = self._data.setdefault(values, ([0] * (len(self.buckets) + 1), [0.0]))
         counts, total = entry
         i = bisect.bisect_left(self.buckets, seconds)  # the first bucket with seconds <= bound
         counts[i] += 1

@@ -4,8 +4,9 @@ the requests in flight (and the token refreshes they wait for) finish within a g
 `drain_timeout` to commit a rotated refresh token). A second signal ends the process at once.
 
 A request is in flight from the addon's `requestheaders` hook, before the token work, until its
-`response` or `error` hook is done (the addons after it in mitmproxy's chain run in the same
-step of the event loop, before a waiting stop can go on).
+`response` or `error` hook is done. mitmproxy's own addons after it in the chain (save, dumper)
+have synchronous hooks, so they finish in the same step of the event loop, before a waiting stop
+can go on; an async `response` hook of a user's script after ours may still be running then.
 """
 
 from __future__ import annotations

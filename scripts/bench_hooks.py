@@ -24,7 +24,8 @@ request, counted under cProfile: a figure no other process on the machine can di
 shared virtual machine the times still move by ±20% between runs, more than the difference
 sought; scripts/bench_instructions.py counts instructions for the same stack instead.
 In the stack, every addon in mitmproxy's chain costs each request a coroutine, two generators
-and a context manager per hook event, whether it has that hook or not (`--noop-stack`). `--dpop` routes the request to a DPoP credential (a proof per request).
+and a context manager per hook event, whether it has that hook or not (`--noop-stack`).
+`--dpop` routes the request to a DPoP credential (a proof per request).
 `--profile` prints cProfile's top functions for the hooks.
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from addon_rig import in_process, rig_context, routed_flow, unavailable
 from mitmproxy import http
 from mitmproxy.net.http import http1
@@ -99,3 +100,40 @@ async def test_status_page_reads_the_metrics_the_proxy_has_now() -> None:
         flow = await rig.send(_status_flow("/metrics"))
         assert flow.response is not None
         assert 'authproxy_injected_total{credential="api"} 2' in (flow.response.text or "")
+
+
+def test_each_part_hook_runs_though_one_before_it_fails(caplog: pytest.LogCaptureFixture) -> None:
+    """As mitmproxy runs each addon's hook: a failing part neither stops the others nor is
+    silent, an option error comes out once all have run, and an async hook (which would be
+    dropped unawaited) is an error, never a skipped peer check."""
+    from mitmproxy import exceptions
+
+    from proxy_addon.addon import AuthProxy
+
+    seen: list[str] = []
+
+    class Broken:
+        def configure(self, updated: set[str]) -> None:
+            seen.append("broken")
+            raise RuntimeError("boom")
+
+    class Refusing:
+        def configure(self, updated: set[str]) -> None:
+            seen.append("refusing")
+            raise exceptions.OptionsError("no such thing")
+
+    class Async:
+        async def configure(self, updated: set[str]) -> None:
+            seen.append("async ran")  # never: not awaited, and closed unstarted
+
+    class Last:
+        def configure(self, updated: set[str]) -> None:
+            seen.append("last")
+
+    addon = AuthProxy()
+    addon.parts = (Broken(), Refusing(), Async(), Last())
+    with pytest.raises(exceptions.OptionsError, match="no such thing"):
+        addon._parts_hook("configure", {"x"})
+    assert seen == ["broken", "refusing", "last"]
+    assert "configure of Broken failed" in caplog.text
+    assert "Async.configure must be synchronous" in caplog.text

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from proxy_addon.cache import (
+    STORE_LOOK,
     TERMINAL_RECHECK,
     CredentialCache,
     TokenUnavailable,
@@ -270,6 +271,35 @@ def test_concurrent_calls_on_expired_cache_fetch_once(
         results = await concurrently(50, cache.token, grant)
         assert grant.calls == 2
         assert {t.access_token for t in results} == {"at-2"}
+
+    run(scenario)
+
+
+# --- ready: the token the per-request shortcut may use without waiting ---------------------------
+
+
+def test_ready_is_the_token_token_returns_at_once_and_none_when_it_would_wait(
+    clock: Clock, grant: FakeGrant, store: MemoryStore
+) -> None:
+    cache = make_cache(grant, clock, store)
+
+    async def scenario() -> None:
+        assert cache.ready() is None  # nothing fetched yet
+        tok = await cache.token()
+        assert await cache.token() is tok  # this one looked at the store (none since start)
+        assert cache.ready() is tok
+        clock.advance(STORE_LOOK)  # a look at the store is due: token() would ask it
+        assert cache.ready() is None
+        assert await cache.token() is tok
+        assert cache.ready() is tok
+        clock.advance(LIFETIME - LEEWAY)  # due for refresh
+        assert cache.ready() is None
+        await cache.token()
+        await cache.wait_idle()
+        refused = cache.ready()
+        assert refused is not None and refused is not tok  # refreshed
+        replaced = await cache.replace_rejected(refused)  # the API said 401
+        assert cache.ready() is replaced and replaced is not refused
 
     run(scenario)
 

@@ -115,3 +115,21 @@ def test_token_unavailable_scrubs_configured_secrets() -> None:
     assert "s3cr3t-v4lue" not in resp.text
     assert resp.headers["X-Authproxy-Error"] == "token_unavailable"
     assert '"reason": "invalid_client"' in resp.text
+
+
+@pytest.mark.parametrize(
+    ("host_header", "refused"),
+    [("[::1]", False), ("[::1]:443", False), ("::1:443", True), ("::1", True),
+     ("[::1]:8443", True)],
+)
+def test_an_ipv6_destination_is_named_in_brackets_only(host_header: str, refused: bool) -> None:
+    """Unbracketed, `::1:443` is the address ::1:443 (0:0:0:0:0:0:1:443), not ::1 port 443."""
+    f = _flow(host_header=host_header, sni=None)
+    f.request.host = "::1"
+    f.request.headers["Host"] = host_header  # setting .host rewrote it
+    route = Route(index=0, credential="api", host="::1", port=443, scheme="https")
+    answer = request_refusal(f, route)
+    assert (answer is not None) is refused
+    if answer is not None:
+        assert b"misdirected_request" in (answer.content or b"")
+

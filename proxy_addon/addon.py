@@ -122,6 +122,14 @@ def _fail_closed[F: Callable[..., Any]](hook: F) -> F:
     return guarded  # type: ignore[return-value]
 
 
+async def _then(pending: Awaitable[None], after: Callable[[], None]) -> None:
+    """Await `pending`, then `after()` whatever happened (a hook that had to wait)."""
+    try:
+        await pending
+    finally:
+        after()
+
+
 async def _finish_guarded(
     addon: AuthProxy, name: str, flow: http.HTTPFlow, pending: Awaitable[None]
 ) -> None:
@@ -570,13 +578,7 @@ class AuthProxy:
         if pending is None:
             self.inflight.end(flow)
             return None
-        return self._in_flight_until(flow, pending)
-
-    async def _in_flight_until(self, flow: http.HTTPFlow, pending: Awaitable[None]) -> None:
-        try:
-            await pending
-        finally:
-            self.inflight.end(flow)
+        return _then(pending, lambda: self.inflight.end(flow))
 
     @_fail_closed
     def _response(self, flow: http.HTTPFlow) -> Pending:
@@ -592,13 +594,7 @@ class AuthProxy:
         if pending is None:  # nearly every answer: nothing to wait for
             self._done_with(flow, inj)
             return None
-        return self._after(flow, inj, pending)
-
-    async def _after(self, flow: http.HTTPFlow, inj: Injection, pending: Awaitable[None]) -> None:
-        try:
-            await pending
-        finally:
-            self._done_with(flow, inj)
+        return _then(pending, lambda: self._done_with(flow, inj))
 
     def _done_with(self, flow: http.HTTPFlow, inj: Injection) -> None:
         self._redact(flow)

@@ -118,6 +118,13 @@ class LocalGuard:
                 make_private(Path(value.removeprefix("+")).expanduser())
 
     def client_connected(self, client: connection.Client) -> None:
+        try:
+            self._check(client)
+        except Exception:  # fail closed: a peer check that broke lets nobody in
+            logger.exception("authproxy: the peer check failed; connection refused")
+            client.error = "refused by authproxy: the peer check failed"
+
+    def _check(self, client: connection.Client) -> None:
         gate = password_gate(ctx.options.proxyauth)
         strict = ctx.options.authproxy_peer_check == "strict"
         if gate and not strict:

@@ -158,3 +158,23 @@ def test_client_connected(
             guard.client_connected(client)
             assert (client.error is None) == served, client.error
             assert client_sock.fileno() >= 0
+
+
+def test_a_peer_check_that_breaks_refuses_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitmproxy.addons.proxyauth import ProxyAuth
+    from mitmproxy.test import taddons, tflow
+
+    from proxy_addon import localguard
+
+    def broken(*_: object) -> None:
+        raise OSError("netlink says no")
+
+    monkeypatch.setattr(localguard, "socket_owner", broken)
+    guard = localguard.LocalGuard(harden=False)
+    with taddons.context(guard, ProxyAuth()) as tctx:
+        tctx.configure(guard, authproxy_peer_check="strict")
+        client = tflow.tclient_conn()
+        client.peername, client.sockname = ("127.0.0.1", 40000), ("127.0.0.1", 8080)
+        client.error = None
+        guard.client_connected(client)
+    assert client.error == "refused by authproxy: the peer check failed"
